@@ -1,0 +1,57 @@
+# agentops.fleet — developer and CI entry points. `make test` is the test command.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := $(CURDIR)/.venv
+BIN := $(VENV)/bin
+IMAGE_DEBIAN12 ?= agentops-test/debian12:latest
+IMAGE_DEBIAN13 ?= agentops-test/debian13:latest
+SCENARIO ?=
+# Every Molecule scenario (a folder with molecule.yml).
+SCENARIOS := $(sort $(patsubst molecule/%/molecule.yml,%,$(wildcard molecule/*/molecule.yml)))
+COLLECTIONS := $(CURDIR)/.cache/collections
+COLLECTION_LINK := $(COLLECTIONS)/ansible_collections/agentops/fleet
+
+export PATH := $(BIN):$(PATH)
+export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS)
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: help setup venv host images collection lint unit molecule test bench demo demo-clean clean
+
+help: ## show the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+setup: venv host images collection ## venv, Docker engine, debootstrap and the test images (idempotent)
+
+venv: ## .venv from the pinned requirements.txt
+	@PYTHON=$(PYTHON) scripts/setup-venv.sh $(VENV)
+
+host: ## install docker.io + debootstrap when missing, start dockerd when not running
+	@scripts/setup-host.sh
+
+images: host ## build agentops-test/debian12 and debian13 from debootstrap (skipped when present)
+	@scripts/build-image.sh bookworm $(IMAGE_DEBIAN12) & p1=$$!; \
+	 scripts/build-image.sh trixie $(IMAGE_DEBIAN13) & p2=$$!; \
+	 rc=0; wait $$p1 || rc=1; wait $$p2 || rc=1; exit $$rc
+
+collection: ## make this checkout importable as agentops.fleet
+	@mkdir -p $(dir $(COLLECTION_LINK))
+	@ln -sfn $(CURDIR) $(COLLECTION_LINK)
+
+lint: venv collection ## ansible-lint (production), sanity, collection build + install
+	@scripts/lint.sh
+
+unit: venv collection ## unit tests of the modules, module_utils and the on-host command
+	@PYTEST=$(BIN)/pytest scripts/pytest.sh -q tests/unit
+
+molecule: setup ## every Molecule scenario on both images (SCENARIO=name for one)
+	@scripts/molecule.sh $(or $(SCENARIO),$(SCENARIOS))
+
+test: setup lint unit molecule ## THE test command: setup, lint, unit tests, all Molecule scenarios
+	@echo "make test: all checks passed"
+
+clean: ## remove the venv, caches and built tarballs (keeps the images)
+	rm -rf $(VENV) .cache .pytest_cache tests/output agentops-fleet-*.tar.gz

@@ -1,0 +1,1 @@
+"""On-host library of the agentops.fleet collection (standard library only)."""
