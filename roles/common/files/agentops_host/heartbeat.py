@@ -1,0 +1,426 @@
+"""``agentops heartbeat``: progress-based health checks of every agent, alerting through alert.py.
+
+Run by ``agentops-heartbeat.timer`` every tick (``--tick``, default 1min). On every run, for
+every agent in ``agents.d``:
+
+* liveness (every tick): the unit failed or is stopped while enabled -> ``<agent>/down``;
+  ``NRestarts`` rose since the last run -> ``<agent>/crashloop`` (``Restart=`` hides such a
+  crash loop from ``OnFailure=``), resolved once the unit ran without a restart for a while;
+* progress (every tick for ``journal`` and ``file``, every ``interval`` for ``command``):
+  no progress for ``max_silence`` while the unit is active -> ``<agent>/silent``; outside
+  ``active_hours`` silence is not alerted;
+* every ``interval`` (recorded per agent in ``<state_dir>/.heartbeat/<agent>.json``):
+  WORKSTATE.md older than ``workstate_max_age`` -> ``<agent>/workstate``; auth checks
+  (``agentops_host.check_auth``, when installed) -> ``<agent>/auth/<check>``; overdue token
+  rotations (``agentops_host.rotate.overdue``, when installed);
+* once per run: the filesystems of the journal and of the state directory above the
+  disk threshold -> ``host/disk:<path>``.
+
+Every condition that clears sends exactly one ``resolved`` (see alert.resolve).
+"""
+import datetime
+import importlib
+import os
+import pwd
+import subprocess
+import time
+
+from agentops_host import alert
+from agentops_host import config as hostconfig
+from agentops_host import state
+from agentops_host import systemd
+
+try:
+    from agentops_lib.agentops_timespan import parse_timespan
+except ImportError:  # pragma: no cover - the library is always installed next to agentops_host
+    parse_timespan = None
+
+DEFAULT_TICK = 60.0
+DEFAULT_INTERVAL = 30 * 60.0
+COMMAND_TIMEOUT_MAX = 60.0
+AUTH_OK = "AUTH_OK"
+AUTH_EXPIRING = "AUTH_EXPIRING"
+AUTH_FAILED = "AUTH_FAILED"
+AUTH_UNREACHABLE = "AUTH_UNREACHABLE"
+
+
+def _optional(module, function):
+    """``agentops_host.<module>.<function>`` when that module is installed, else None."""
+    try:
+        mod = importlib.import_module("agentops_host." + module)
+    except ImportError:
+        return None
+    return getattr(mod, function, None)
+
+
+def seconds(value, default=None):
+    if value in (None, ""):
+        return default
+    return parse_timespan(value)
+
+
+def heartbeat_dir(args):
+    return os.path.join(args.state_dir, ".heartbeat")
+
+
+def state_path(args, name):
+    return os.path.join(heartbeat_dir(args), name + ".json")
+
+
+def load_state(args, name):
+    data = state.read_json(state_path(args, name), {})
+    return data if isinstance(data, dict) else {}
+
+
+def parse_active_hours(value):
+    """``"HH:MM-HH:MM"`` -> (start_minute, end_minute); raises ValueError when malformed."""
+    text = str(value).strip()
+    try:
+        start, end = text.split("-")
+        result = []
+        for part in (start, end):
+            hours, minutes = part.strip().split(":")
+            if len(hours) != 2 or len(minutes) != 2:
+                raise ValueError
+            hours, minutes = int(hours), int(minutes)
+            if not (0 <= hours <= 24 and 0 <= minutes < 60) or (hours == 24 and minutes):
+                raise ValueError
+            result.append(hours * 60 + minutes)
+    except ValueError:
+        raise ValueError("active_hours must look like 08:00-20:00, got %r" % (value,)) from None
+    return tuple(result)
+
+
+def in_active_hours(value, now=None):
+    """True when ``now`` (local time) is inside ``value``; always True without active hours."""
+    if not value:
+        return True
+    start, end = parse_active_hours(value)
+    local = datetime.datetime.fromtimestamp(now if now is not None else time.time())
+    minute = local.hour * 60 + local.minute
+    if start == end:
+        return True
+    if start < end:
+        return start <= minute < end
+    return minute >= start or minute < end
+
+
+def _file_mtime(path):
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return None
+
+
+def agent_path(agent, relative):
+    if os.path.isabs(relative):
+        return relative
+    return os.path.join(agent.get("state_dir") or "/var/lib/agentops/%s" % agent["name"], relative)
+
+
+def run_poll_command(agent, command, timeout):
+    """Run the agent's poll command as the agent user; True when it exits 0."""
+    import shlex
+    argv = shlex.split(command)
+    kwargs = {}
+    user = agent.get("user")
+    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
+           "AGENTOPS_AGENT": agent["name"]}
+    if user and os.geteuid() == 0:
+        try:
+            entry = pwd.getpwnam(user)
+        except KeyError:
+            alert.log("heartbeat %s: poll command user %s does not exist" % (agent["name"], user))
+            return False
+        kwargs.update(user=entry.pw_uid, group=entry.pw_gid, extra_groups=[])
+        env.update(HOME=entry.pw_dir, USER=user, LOGNAME=user)
+    cwd = agent.get("state_dir")
+    try:
+        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              timeout=timeout, env=env, cwd=cwd if cwd and os.path.isdir(cwd) else "/",
+                              check=False, **kwargs)
+    except subprocess.TimeoutExpired:
+        alert.log("heartbeat %s: poll command timed out after %ss" % (agent["name"], timeout))
+        return False
+    except OSError as exc:
+        alert.log("heartbeat %s: poll command could not run: %s" % (agent["name"], exc.strerror))
+        return False
+    if proc.returncode != 0:
+        alert.log("heartbeat %s: poll command exited %d" % (agent["name"], proc.returncode))
+    return proc.returncode == 0
+
+
+def last_progress(agent, props, hbstate, now=None, run_command=False):
+    """Epoch seconds of the agent's last sign of progress (None when unknown).
+
+    The start of the current activation counts as progress, so a freshly started agent is
+    given ``max_silence`` before it is called silent.
+    """
+    hb = agent.get("heartbeat") or {}
+    mode = hb.get("progress") or "journal"
+    seen = None
+    if mode == "journal":
+        seen = systemd.last_journal_time(agent["unit"])
+    elif mode == "file":
+        seen = _file_mtime(agent_path(agent, hb.get("file") or "heartbeat"))
+    elif mode == "command":
+        seen = hbstate.get("command_ok_at")
+        if run_command and hb.get("command"):
+            max_silence = seconds(hb.get("max_silence"), DEFAULT_INTERVAL)
+            if run_poll_command(agent, hb["command"], min(COMMAND_TIMEOUT_MAX, max(5.0, max_silence / 2))):
+                seen = now if now is not None else time.time()
+                hbstate["command_ok_at"] = seen
+    started = None
+    if props.get("ActiveState") == "active":
+        started = systemd.monotonic_to_epoch(props.get("ActiveEnterTimestampMonotonic"))
+    candidates = [t for t in (seen, started) if t]
+    return max(candidates) if candidates else None
+
+
+class Checker:
+    """One heartbeat run."""
+
+    def __init__(self, args, cfg):
+        self.args = args
+        self.cfg = cfg
+        self.tick = float(getattr(args, "tick", None) or DEFAULT_TICK)
+        self.errors = 0
+
+    def _emit(self, severity, key, title, body="", agent=None, unit=None):
+        if not alert.emit(self.args, severity, key, title, body, agent=agent, unit=unit):
+            self.errors += 1
+
+    def _resolve(self, key, title="", body="", agent=None, unit=None):
+        if not alert.resolve(self.args, key, title=title, body=body, agent=agent, unit=unit):
+            self.errors += 1
+
+    # -- per agent ---------------------------------------------------------------------------
+    def check_agent(self, agent, now):
+        name, unit = agent["name"], agent["unit"]
+        hb = agent.get("heartbeat") or {}
+        hbstate = load_state(self.args, name)
+        interval = seconds(hb.get("interval"), DEFAULT_INTERVAL)
+        due = (self.args.force or now - float(hbstate.get("last_full_check", 0))
+               >= interval - min(self.tick / 2.0, interval / 2.0))
+        props = systemd.show(unit)
+        active, sub = props.get("ActiveState", "unknown"), props.get("SubState", "unknown")
+        restarts = systemd.as_int(props.get("NRestarts"), 0)
+        expected = agent.get("enabled", True) and agent.get("state", "present") == "present"
+
+        self.check_liveness(agent, props, hbstate, now, expected)
+        self.check_crashloop(agent, props, hbstate, now, restarts)
+        self.check_silence(agent, props, hbstate, now, due)
+        if due:
+            self.check_workstate(agent, props, now)
+            self.check_auth(agent, hbstate, now)
+            self.check_rotation(agent, hbstate)
+            hbstate["last_full_check"] = now
+        hbstate.update(last_check=now, active_state=active, sub_state=sub, nrestarts=restarts, unit=unit)
+        state.write_json(state_path(self.args, name), hbstate)
+
+    def check_liveness(self, agent, props, hbstate, now, expected):
+        name, unit = agent["name"], agent["unit"]
+        active, sub = props.get("ActiveState", "unknown"), props.get("SubState", "unknown")
+        key = alert.down_key(name, unit)
+        if active == "failed":
+            self._emit("critical", key, "%s failed (Result=%s, NRestarts=%s)" % (
+                unit, props.get("Result", "?"), props.get("NRestarts", "?")),
+                "The unit is in the failed state since %s." % (props.get("InactiveEnterTimestamp") or "?"),
+                agent=name, unit=unit)
+        elif active == "inactive" and expected:
+            self._emit("warning", key, "%s is not running (%s/%s)" % (unit, active, sub),
+                       "The agent is enabled but its unit is inactive since %s."
+                       % (props.get("InactiveEnterTimestamp") or "?"), agent=name, unit=unit)
+        elif active == "active" or (active == "inactive" and not expected):
+            self._resolve(key, title="%s is running again (%s/%s)" % (unit, active, sub), agent=name, unit=unit)
+
+    def check_crashloop(self, agent, props, hbstate, now, restarts):
+        name, unit = agent["name"], agent["unit"]
+        key = "%s/crashloop" % name
+        previous = hbstate.get("nrestarts")
+        if previous is not None and restarts > int(previous):
+            hbstate["last_restart_seen"] = now
+            self._emit("critical", key, "%s is crash looping: %d restart(s) since the last check (NRestarts=%d)"
+                       % (unit, restarts - int(previous), restarts),
+                       "Restart= keeps restarting the unit; OnFailure= fires only once the start limit is hit.\n"
+                       "State: %s/%s, Result=%s\n\n%s" % (props.get("ActiveState"), props.get("SubState"),
+                                                         props.get("Result"), systemd.journal_tail(unit, 10)),
+                       agent=name, unit=unit)
+            return
+        restart_sec = seconds(props.get("RestartUSec"), 0.0) if props.get("RestartUSec") not in (None, "", "infinity") else 0.0
+        stable = max(3 * restart_sec + self.tick, 2 * self.tick, 30.0)
+        if (props.get("ActiveState") == "active"
+                and now - float(hbstate.get("last_restart_seen", 0)) >= stable
+                and alert.is_open(self.args, key)):
+            self._resolve(key, title="%s stopped crash looping (no restart for %ds)" % (unit, stable),
+                          agent=name, unit=unit)
+
+    def check_silence(self, agent, props, hbstate, now, due):
+        name, unit = agent["name"], agent["unit"]
+        hb = agent.get("heartbeat") or {}
+        key = "%s/silent" % name
+        max_silence = seconds(hb.get("max_silence"))
+        if props.get("ActiveState") != "active" or not max_silence:
+            hbstate["last_progress"] = None
+            if max_silence and alert.is_open(self.args, key):
+                self._resolve(key, title="%s is no longer running: silence check suspended" % unit,
+                              agent=name, unit=unit)
+            return
+        seen = last_progress(agent, props, hbstate, now=now, run_command=due)
+        hbstate["last_progress"] = seen
+        age = now - seen if seen else None
+        if age is not None and age > max_silence:
+            if in_active_hours(hb.get("active_hours"), now):
+                self._emit("critical", key, "%s shows no progress for %ds (max_silence %ds, progress: %s)"
+                           % (name, age, max_silence, hb.get("progress") or "journal"),
+                           "The unit is %s/%s but made no progress since %s: alive but hung?"
+                           % (props.get("ActiveState"), props.get("SubState"), alert._iso(seen)),
+                           agent=name, unit=unit)
+        elif age is not None:
+            self._resolve(key, title="%s makes progress again (last %ds ago)" % (name, age), agent=name, unit=unit)
+
+    def check_workstate(self, agent, props, now):
+        name, unit = agent["name"], agent["unit"]
+        hb = agent.get("heartbeat") or {}
+        max_age = seconds(hb.get("workstate_max_age"))
+        key = "%s/workstate" % name
+        if not max_age or props.get("ActiveState") != "active":
+            return
+        mtime = _file_mtime(agent_path(agent, "WORKSTATE.md"))
+        started = systemd.monotonic_to_epoch(props.get("ActiveEnterTimestampMonotonic")) or 0
+        reference = max(mtime or 0, started)
+        if now - reference > max_age:
+            self._emit("warning", key, "%s: WORKSTATE.md not updated for %ds (workstate_max_age %ds)"
+                       % (name, now - (mtime or now), max_age),
+                       "The agent is active but did not checkpoint its work state.", agent=name, unit=unit)
+        else:
+            self._resolve(key, title="%s: WORKSTATE.md updated again" % name, agent=name, unit=unit)
+
+    def check_auth(self, agent, hbstate, now):
+        check_agent = _optional("check_auth", "check_agent")
+        if check_agent is None or not agent.get("auth_checks"):
+            return
+        name, unit = agent["name"], agent["unit"]
+        try:
+            results = check_agent(self.args, agent) or []
+        except Exception as exc:  # pylint: disable=broad-except
+            alert.log("heartbeat %s: auth checks could not run: %s" % (name, exc))
+            self.errors += 1
+            return
+        summary = []
+        for index, result in enumerate(results):
+            check = result.get("name") or result.get("check") or str(index)
+            status = str(result.get("status", AUTH_UNREACHABLE))
+            message = alert.scrub(result.get("message", ""))
+            summary.append({"name": check, "status": status, "message": message, "time": now})
+            key = "%s/auth/%s" % (name, check)
+            if status == AUTH_OK:
+                self._resolve(key, title="%s: auth check %s passes again" % (name, check), agent=name, unit=unit)
+            else:
+                severity = "critical" if status == AUTH_FAILED else "warning"
+                self._emit(severity, key, "%s: auth check %s: %s" % (name, check, status), message,
+                           agent=name, unit=unit)
+        hbstate["auth"] = summary
+
+    def check_rotation(self, agent, hbstate):
+        overdue = _optional("rotate", "overdue")
+        if overdue is None:
+            return
+        name, unit = agent["name"], agent["unit"]
+        try:
+            found = list(overdue(self.args, agent) or [])
+        except Exception as exc:  # pylint: disable=broad-except
+            alert.log("heartbeat %s: rotation check could not run: %s" % (name, exc))
+            self.errors += 1
+            return
+        keys = []
+        for key, title, body in found:
+            keys.append(key)
+            self._emit("critical", key, title, body, agent=name, unit=unit)
+        for key in hbstate.get("rotation_keys", []):
+            if key not in keys:
+                self._resolve(key, title="%s: token rotation no longer overdue" % name, agent=name, unit=unit)
+        hbstate["rotation_keys"] = keys
+
+    # -- host --------------------------------------------------------------------------------
+    def check_disk(self, paths, threshold):
+        seen = set()
+        for path in paths:
+            try:
+                info = os.statvfs(path)
+                device = os.stat(path).st_dev
+            except OSError:
+                continue
+            if device in seen:
+                continue
+            seen.add(device)
+            used = info.f_blocks - info.f_bfree
+            usable = used + info.f_bavail
+            percent = 100.0 * used / usable if usable else 0.0
+            key = "host/disk:%s" % path
+            if percent > threshold:
+                self._emit("warning", key, "filesystem of %s is %.0f%% full (threshold %.0f%%)"
+                           % (path, percent, threshold),
+                           "Agents and the journal die together when it fills up.")
+            else:
+                self._resolve(key, title="filesystem of %s back to %.0f%%" % (path, percent))
+
+    def resolve_removed(self, names):
+        for item in alert.open_alerts(self.args):
+            if item.get("agent") and item["agent"] not in names:
+                self._resolve(item["key"], title="%s removed from the host" % item["agent"])
+        directory = heartbeat_dir(self.args)
+        for entry in os.listdir(directory):
+            if entry.endswith(".json") and entry[:-5] not in names:
+                state.remove(os.path.join(directory, entry))
+
+
+def run(args):
+    cfg = alert.load_config(args)
+    checker = Checker(args, cfg)
+    now = time.time()
+    state.ensure_dir(heartbeat_dir(args))
+    with state.locked(os.path.join(heartbeat_dir(args), ".lock")):
+        names = hostconfig.agent_names(args.config_dir)
+        wanted = set(args.agent or names)
+        for name in names:
+            if name not in wanted:
+                continue
+            try:
+                agent = hostconfig.load_agent(args.config_dir, name)
+                if agent.get("state", "present") != "present":
+                    continue
+                checker.check_agent(agent, now)
+            except Exception as exc:  # pylint: disable=broad-except
+                checker.errors += 1
+                alert.log("heartbeat %s: check failed: %s" % (name, exc))
+        if not args.agent:
+            checker.resolve_removed(set(names))
+            threshold = args.disk_threshold
+            if threshold is None:
+                threshold = float(cfg.get("disk_threshold_percent") or 90)
+            paths = args.disk_path or [p for p in ("/var/log/journal", args.state_dir) if os.path.isdir(p)]
+            checker.check_disk(paths, threshold)
+    if checker.errors:
+        return 1
+    checker._resolve(alert.down_key(None, "agentops-heartbeat.service"),
+                     title="agentops-heartbeat.service runs again")
+    return 0
+
+
+def _cmd_heartbeat(args):
+    if args.tick is not None:
+        args.tick = seconds(args.tick)
+    return run(args)
+
+
+def add_parser(subparsers):
+    parser = subparsers.add_parser("heartbeat", help="check every agent once and alert (run by agentops-heartbeat.timer)")
+    parser.add_argument("--agent", action="append", help="check only this agent (repeatable)")
+    parser.add_argument("--tick", default=None, help="how often the timer runs (systemd time span, default 1min)")
+    parser.add_argument("--force", action="store_true", help="run the interval-bound checks now")
+    parser.add_argument("--disk-threshold", type=float, default=None,
+                        help="alert above this percentage of used space (default from agentops.json, 90)")
+    parser.add_argument("--disk-path", action="append", default=None,
+                        help="path whose filesystem is watched (repeatable; default /var/log/journal and the state dir)")
+    parser.set_defaults(func=_cmd_heartbeat)

@@ -1,0 +1,229 @@
+"""Unit tests of the alert path (agentops_host.alert) against real HTTP servers on 127.0.0.1."""
+import json
+import os
+import stat
+import sys
+import time
+
+import pytest
+
+from agentops_host import alert
+from agentops_host import cli
+
+from test_alert_helpers import (CANARY, Recorder, make_args, recorder, telegram_channel,  # noqa: F401  (fixture)
+                                webhook_channel, write_config)
+
+
+def spool_files(args):
+    found = []
+    for dirpath, _dirs, files in os.walk(os.path.join(args.spool_dir, "alerts")):
+        found += [os.path.join(dirpath, f) for f in files if f.endswith(".json") and not f.startswith(".")]
+    return sorted(found)
+
+
+def test_telegram_and_webhook_receive_one_alert(tmp_path, recorder, capsys):
+    args = make_args(tmp_path)
+    write_config(args, [telegram_channel(recorder), webhook_channel(recorder)])
+    assert alert.emit(args, "critical", "a1/down", "a1 failed", "line <1> & 2", agent="a1", unit="agentops-a1.service")
+    tg, hook = recorder.requests
+    assert tg["path"] == "/bot%s/sendMessage" % CANARY
+    payload = json.loads(tg["body"])
+    assert payload["chat_id"] == "-1001"
+    assert payload["parse_mode"] == "HTML"
+    assert "line &lt;1&gt; &amp; 2" in payload["text"]
+    assert "[CRITICAL] testhost: a1 failed" in payload["text"]
+    body = json.loads(hook["body"])
+    for field in ("host", "agent", "unit", "severity", "key", "title", "body", "since", "fingerprint"):
+        assert field in body
+    assert body["host"] == "testhost" and body["agent"] == "a1" and body["severity"] == "critical"
+    assert body["key"] == "a1/down" and body["unit"] == "agentops-a1.service"
+    err = capsys.readouterr().err
+    assert "delivered critical key=a1/down to telegram#0" in err
+    assert CANARY not in err
+
+
+def test_duplicate_is_suppressed_until_repeat(tmp_path, recorder):
+    args = make_args(tmp_path)
+    write_config(args, [webhook_channel(recorder)], alert_repeat_seconds=3600)
+    assert alert.emit(args, "warning", "k", "first")
+    assert alert.emit(args, "warning", "k", "second")
+    assert len(recorder.requests) == 1
+    # escalation is sent at once
+    assert alert.emit(args, "critical", "k", "worse")
+    assert len(recorder.requests) == 2
+    # a reminder once the repeat interval passed
+    write_config(args, [webhook_channel(recorder)], alert_repeat_seconds=0)
+    assert alert.emit(args, "critical", "k", "still")
+    bodies = recorder.bodies()
+    assert len(bodies) == 3 and bodies[2]["reminder"] is True
+    assert bodies[0]["since"] == bodies[2]["since"]
+    assert bodies[0]["fingerprint"] == bodies[2]["fingerprint"]
+
+
+def test_resolve_sends_exactly_one_resolved(tmp_path, recorder):
+    args = make_args(tmp_path)
+    write_config(args, [webhook_channel(recorder)])
+    assert alert.resolve(args, "k") is True          # not open: nothing sent
+    assert recorder.requests == []
+    alert.emit(args, "critical", "k", "down", agent="a1")
+    assert alert.resolve(args, "k")
+    assert alert.resolve(args, "k")
+    bodies = recorder.bodies()
+    assert [b["severity"] for b in bodies] == ["critical", "resolved"]
+    assert bodies[1]["agent"] == "a1" and bodies[1]["since"] == bodies[0]["since"]
+    assert alert.open_alerts(args) == []
+
+
+def test_info_is_never_deduplicated(tmp_path, recorder):
+    args = make_args(tmp_path)
+    write_config(args, [webhook_channel(recorder)])
+    alert.emit(args, "info", "rotated", "token rotated")
+    alert.emit(args, "info", "rotated", "token rotated")
+    assert len(recorder.requests) == 2
+    assert alert.open_alerts(args) == []
+
+
+def test_receiver_down_spools_then_flush_delivers_exactly_once(tmp_path, recorder):
+    args = make_args(tmp_path)
+    port = recorder.server_address[1]
+    recorder.close()                                 # receiver down
+    down = {"type": "webhook", "url": "http://127.0.0.1:%d/hook" % port}
+    write_config(args, [down])
+    assert alert.emit(args, "critical", "k1", "one")
+    assert alert.emit(args, "warning", "k2", "two")
+    files = spool_files(args)
+    assert len(files) == 2
+    for path in files:
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert alert.flush(args) == (0, 2)               # still down: kept, attempts counted
+    assert json.loads(open(files[0]).read())["attempts"] == 2
+    back = Recorder(port)                            # the receiver comes back on the same port
+    try:
+        assert alert.flush(args) == (2, 0)
+        assert alert.flush(args) == (0, 0)
+        keys = [b["key"] for b in back.bodies()]
+        assert keys == ["k1", "k2"]                  # oldest first, each once
+    finally:
+        back.close()
+    assert spool_files(args) == []
+
+
+def test_telegram_429_retry_after_is_honoured(tmp_path, recorder):
+    args = make_args(tmp_path)
+    write_config(args, [telegram_channel(recorder)])
+    recorder.rules.append({"status": 429, "times": 1,
+                           "body": {"ok": False, "error_code": 429, "parameters": {"retry_after": 2}}})
+    start = time.monotonic()
+    assert alert.emit(args, "critical", "k", "rate limited")
+    elapsed = time.monotonic() - start
+    assert len(recorder.requests) == 2
+    assert elapsed >= 2.0
+    assert spool_files(args) == []
+
+
+def test_telegram_long_retry_after_is_spooled_with_not_before(tmp_path, recorder):
+    args = make_args(tmp_path)
+    write_config(args, [telegram_channel(recorder)], alert_retry_after_max_seconds=1)
+    recorder.rules.append({"status": 429, "times": 1,
+                           "body": {"ok": False, "error_code": 429, "parameters": {"retry_after": 60}}})
+    assert alert.emit(args, "critical", "k", "rate limited")
+    files = spool_files(args)
+    assert len(files) == 1
+    entry = json.loads(open(files[0]).read())
+    assert entry["not_before"] >= time.time() + 50
+    assert alert.flush(args) == (0, 1)               # not before retry_after: nothing sent
+    assert len(recorder.requests) == 1
+
+
+def test_telegram_text_is_cut_to_4096(tmp_path):
+    msg = alert.build_message({"host": "h"}, "critical", "k", "t<", body="<&>" * 5000)
+    text = alert.telegram_text(msg)
+    assert len(text) <= 4096
+    assert text.endswith("[cut]</pre>")
+    assert "<b>[CRITICAL] h: t&lt;</b>" in text
+
+
+def test_token_never_in_errors_or_spool_names(tmp_path, capsys):
+    args = make_args(tmp_path)
+    # a token with a space makes http.client reject the URL; the error must not carry it
+    token = CANARY + " x"
+    write_config(args, [{"type": "telegram", "bot_token": token, "chat_id": "1", "api_url": "http://127.0.0.1:9"}])
+    assert alert.emit(args, "critical", "k", "t")
+    err = capsys.readouterr().err
+    assert "CANARY" not in err
+    for path in spool_files(args):
+        assert "CANARY" not in path
+        assert "CANARY" not in json.loads(open(path).read())["last_error"]
+
+
+def test_command_channel_gets_text_on_stdin(tmp_path):
+    args = make_args(tmp_path)
+    out = tmp_path / "received.txt"
+    script = tmp_path / "sink.sh"
+    script.write_text("#!/bin/sh\ncat >> %s\necho \"$AGENTOPS_ALERT_KEY\" >> %s\n" % (out, out))
+    script.chmod(0o755)
+    write_config(args, [{"type": "command", "command": str(script)}])
+    assert alert.emit(args, "warning", "cmd/k", "via command", "body text")
+    text = out.read_text()
+    assert "[WARNING] testhost: via command" in text and "body text" in text and "cmd/k" in text
+
+
+def test_command_channel_timeout_spools(tmp_path):
+    args = make_args(tmp_path)
+    script = tmp_path / "slow.sh"
+    script.write_text("#!/bin/sh\nexec sleep 30\n")
+    script.chmod(0o755)
+    write_config(args, [{"type": "command", "command": str(script)}], alert_timeout_seconds=1)
+    start = time.monotonic()
+    assert alert.emit(args, "warning", "k", "slow")
+    assert time.monotonic() - start < 10
+    assert len(spool_files(args)) == 1
+
+
+def test_webhook_5xx_is_spooled(tmp_path, recorder):
+    args = make_args(tmp_path)
+    write_config(args, [webhook_channel(recorder)])
+    recorder.rules.append({"status": 503, "times": 1, "body": {}})
+    assert alert.emit(args, "critical", "k", "t")
+    assert len(spool_files(args)) == 1
+    assert alert.flush(args) == (1, 0)
+    assert [b["key"] for b in recorder.bodies()] == ["k", "k"]
+
+
+def test_no_channels_returns_false(tmp_path):
+    args = make_args(tmp_path)
+    write_config(args, [])
+    assert alert.emit(args, "critical", "k", "t") is False
+
+
+def test_cli_alert_and_flush(tmp_path, recorder):
+    args = make_args(tmp_path)
+    write_config(args, [webhook_channel(recorder)])
+    base = ["--config-dir", args.config_dir, "--state-dir", args.state_dir, "--spool-dir", args.spool_dir]
+    assert cli.main(base + ["alert", "--severity", "critical", "--key", "c/k", "--title", "from cli",
+                            "--body", "b", "--agent", "a1"]) == 0
+    assert cli.main(base + ["alert", "--severity", "resolved", "--key", "c/k", "--title", "ok again"]) == 0
+    assert cli.main(base + ["flush"]) == 0
+    assert [b["severity"] for b in recorder.bodies()] == ["critical", "resolved"]
+    with pytest.raises(SystemExit):
+        cli.main(base + ["alert", "--severity", "bogus", "--key", "k", "--title", "t"])
+
+
+def test_spool_survives_channel_token_change(tmp_path, recorder):
+    """The spool folder is keyed by non-secret fields: a rotated bot token keeps the spool."""
+    args = make_args(tmp_path)
+    write_config(args, [telegram_channel(recorder)])
+    recorder.rules.append({"status": 500, "times": 1, "body": {"ok": False}})
+    alert.emit(args, "critical", "k", "t")
+    write_config(args, [telegram_channel(recorder, token="999:new")])
+    assert alert.flush(args) == (1, 0)
+    assert recorder.requests[-1]["path"] == "/bot999:new/sendMessage"
+
+
+def test_python_is_standard_library_only():
+    """The host library must import with the standard library alone."""
+    import subprocess
+    root = os.path.join(os.path.dirname(__file__), "..", "..", "..", "roles", "common", "files")
+    code = "import sys; sys.path.insert(0, %r); import agentops_host.alert, agentops_host.state" % root
+    proc = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
