@@ -1,0 +1,373 @@
+"""agentops_auth: every check type against real things (a local HTTP server, files, commands)."""
+import base64
+import http.server
+import json
+import os
+import socket
+import sys
+import threading
+import time
+
+import pytest
+
+from ansible_collections.agentops.fleet.plugins.module_utils import agentops_auth as auth
+from agentops_lib import agentops_auth as host_auth
+
+CANARY = "canary-Zq7xTOKEN-4471"
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    routes = {
+        "/ok": (200, {}),
+        "/created": (201, {}),
+        "/unauthorized": (401, {}),
+        "/forbidden": (403, {}),
+        "/error": (500, {}),
+        "/throttled": (429, {}),
+        "/notfound": (404, {}),
+        "/redirect": (302, {"Location": "http://127.0.0.1:1/login"}),
+    }
+
+    def log_message(self, fmt, *args):
+        pass
+
+    def _answer(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        self.server.requests.append({"method": self.command, "path": self.path,
+                                     "headers": dict(self.headers.items()), "body": body.decode()})
+        if self.path.startswith("/slow"):
+            time.sleep(3)
+            status, headers = 200, {}
+        else:
+            status, headers = self.routes.get(self.path.split("?")[0], (404, {}))
+        payload = json.dumps({"echo": "the answer never matters, the status does"}).encode()
+        self.send_response(status)
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(payload)
+
+    do_GET = do_POST = do_HEAD = do_PUT = _answer
+
+
+@pytest.fixture(scope="module")
+def api():
+    """A real HTTP server on 127.0.0.1 (random port); .url(path), .requests."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    server.daemon_threads = True
+    server.requests = []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    server.url = lambda path: "http://127.0.0.1:%d%s" % (server.server_address[1], path)
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def closed_port():
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    return port
+
+
+def no_secret(result, *secrets):
+    text = json.dumps(result)
+    for secret in secrets:
+        assert secret not in text, "secret leaked into %s" % text
+
+
+def make_jwt(claims):
+    def enc(data):
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
+    return "%s.%s.%s" % (enc({"alg": "RS256", "typ": "JWT"}), enc(claims), "c2lnbmF0dXJl")
+
+
+def test_same_module_on_controller_and_host():
+    assert auth.run_check.__code__.co_filename.endswith("agentops_auth.py")
+    assert host_auth.STATUSES == auth.STATUSES == ("AUTH_OK", "AUTH_EXPIRING", "AUTH_FAILED", "AUTH_UNREACHABLE")
+
+
+# ---------------------------------------------------------------- http
+
+def test_http_200_is_ok_and_sends_bearer(api):
+    result = auth.run_check({"name": "graph", "type": "http", "url": api.url("/ok")}, token=CANARY)
+    assert result["status"] == "AUTH_OK", result
+    assert result["http_status"] == 200
+    assert set(result) == {"status", "message", "http_status", "expires_at", "expires_in_seconds", "elapsed"}
+    assert api.requests[-1]["headers"]["Authorization"] == "Bearer " + CANARY
+    assert result["elapsed"] >= 0
+    no_secret(result, CANARY)
+
+
+@pytest.mark.parametrize("path,code,words", [
+    ("/unauthorized", 401, "expired, revoked or wrong"),
+    ("/forbidden", 403, "not allowed"),
+])
+def test_http_401_403_are_failed_naming_check_url_status(api, path, code, words):
+    result = auth.run_check({"name": "graph", "type": "http", "url": api.url(path)}, token=CANARY)
+    assert result["status"] == "AUTH_FAILED"
+    assert result["http_status"] == code
+    for part in ("'graph'", api.url(path), str(code), words):
+        assert part in result["message"]
+    assert "\n" not in result["message"]
+    no_secret(result, CANARY)
+
+
+@pytest.mark.parametrize("path,code", [("/error", 500), ("/throttled", 429)])
+def test_http_5xx_and_429_are_unreachable_not_failed(api, path, code):
+    result = auth.run_check({"name": "graph", "type": "http", "url": api.url(path)}, token=CANARY)
+    assert result["status"] == "AUTH_UNREACHABLE"
+    assert result["http_status"] == code
+    assert "could not be checked" in result["message"]
+
+
+def test_http_unexpected_status_is_failed(api):
+    result = auth.run_check({"name": "graph", "type": "http", "url": api.url("/notfound")}, token=CANARY)
+    assert result["status"] == "AUTH_FAILED"
+    assert "HTTP 404" in result["message"] and "expected 200" in result["message"]
+
+
+def test_http_expect_status_list(api):
+    check = {"name": "c", "type": "http", "url": api.url("/created"), "expect_status": [200, 201], "method": "POST"}
+    result = auth.run_check(check, token=CANARY)
+    assert result["status"] == "AUTH_OK"
+    assert api.requests[-1]["method"] == "POST"
+    check["expect_status"] = [200]
+    assert auth.run_check(check, token=CANARY)["status"] == "AUTH_FAILED"
+
+
+def test_http_slow_response_past_timeout_is_unreachable(api):
+    started = time.monotonic()
+    result = auth.run_check({"name": "slow", "type": "http", "url": api.url("/slow")}, token=CANARY, timeout=1)
+    assert result["status"] == "AUTH_UNREACHABLE", result
+    assert "did not answer within 1s" in result["message"]
+    assert "not an auth failure" in result["message"]
+    assert time.monotonic() - started < 2.9  # gave up at the timeout, did not wait for the answer
+
+
+def test_http_check_timeout_overrides_default(api):
+    result = auth.run_check({"name": "slow", "type": "http", "url": api.url("/slow"), "timeout": "1s"}, token=CANARY)
+    assert result["status"] == "AUTH_UNREACHABLE"
+    assert result["elapsed"] < 2.9
+
+
+def test_http_closed_port_is_unreachable():
+    url = "http://127.0.0.1:%d/me" % closed_port()
+    result = auth.run_check({"name": "graph", "type": "http", "url": url}, token=CANARY)
+    assert result["status"] == "AUTH_UNREACHABLE"
+    assert "cannot connect to " + url in result["message"]
+    assert result["http_status"] is None
+    no_secret(result, CANARY)
+
+
+def test_http_redirect_is_not_followed(api):
+    before = len(api.requests)
+    result = auth.run_check({"name": "sso", "type": "http", "url": api.url("/redirect")}, token=CANARY)
+    assert result["status"] == "AUTH_FAILED"
+    assert "redirects to http://127.0.0.1:1/login" in result["message"]
+    assert len(api.requests) == before + 1
+
+
+def test_http_basic_auth_with_password(api):
+    check = {"name": "b", "type": "http", "url": api.url("/ok"), "username": "bot", "password": CANARY}
+    result = auth.run_check(check)
+    assert result["status"] == "AUTH_OK"
+    sent = api.requests[-1]["headers"]["Authorization"]
+    assert sent == "Basic " + base64.b64encode(("bot:" + CANARY).encode()).decode()
+    no_secret(result, CANARY)
+
+
+def test_http_basic_auth_takes_token_as_password(api):
+    result = auth.run_check({"name": "b", "type": "http", "url": api.url("/ok"), "username": "bot"}, token=CANARY)
+    assert result["status"] == "AUTH_OK"
+    assert base64.b64decode(api.requests[-1]["headers"]["Authorization"][6:]).decode() == "bot:" + CANARY
+
+
+def test_http_headers_and_token_file(api, tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text(CANARY + "\n")
+    check = {"name": "h", "type": "http", "url": api.url("/ok"), "headers": {"X-Tenant": "t1"},
+             "token_file": str(token_file)}
+    result = auth.run_check(check)
+    assert result["status"] == "AUTH_OK"
+    assert api.requests[-1]["headers"]["X-Tenant"] == "t1"
+    assert api.requests[-1]["headers"]["Authorization"] == "Bearer " + CANARY  # final newline stripped
+
+
+def test_http_empty_token_file_fails_before_asking(api, tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text("\n")
+    before = len(api.requests)
+    result = auth.run_check({"name": "h", "type": "http", "url": api.url("/ok"), "token_file": str(token_file)})
+    assert result["status"] == "AUTH_FAILED"
+    assert "is empty" in result["message"] and str(token_file) in result["message"]
+    assert len(api.requests) == before
+
+
+def test_http_missing_token_file(tmp_path):
+    missing = str(tmp_path / "nope")
+    result = auth.run_check({"name": "h", "type": "http", "url": "http://127.0.0.1:1/", "token_file": missing})
+    assert result["status"] == "AUTH_FAILED"
+    assert "cannot read token_file " + missing in result["message"]
+
+
+# ---------------------------------------------------------------- jwt
+
+def test_jwt_valid():
+    token = make_jwt({"exp": int(time.time()) + 30 * 86400, "sub": "agent"})
+    result = auth.run_check({"name": "j", "type": "jwt", "min_valid": "7d"}, token=token)
+    assert result["status"] == "AUTH_OK"
+    assert 29 * 86400 < result["expires_in_seconds"] <= 30 * 86400
+    assert result["expires_at"].endswith("Z")
+    no_secret(result, token)
+
+
+def test_jwt_expired():
+    exp = int(time.time()) - 3600
+    result = auth.run_check({"name": "j", "type": "jwt"}, token=make_jwt({"exp": exp}))
+    assert result["status"] == "AUTH_FAILED"
+    assert "expired at" in result["message"] and "1h ago" in result["message"]
+    assert result["expires_in_seconds"] < 0
+
+
+def test_jwt_expiring_warns_but_passes():
+    token = make_jwt({"exp": int(time.time()) + 2 * 86400})
+    check = {"name": "j", "type": "jwt", "min_valid": "7d"}
+    result = auth.run_check(check, token=token)
+    assert result["status"] == "AUTH_EXPIRING"
+    assert "less than min_valid 7d" in result["message"]
+    assert auth.passed(check, result) is True
+    check["fail_on_expiring"] = True
+    assert auth.passed(check, auth.run_check(check, token=token)) is False
+
+
+@pytest.mark.parametrize("token,words", [
+    ("not-a-jwt", "3"),
+    ("a.%%%.c", "base64url"),
+    ("a.%s.c" % base64.urlsafe_b64encode(b"[1]").decode(), "JSON object"),
+])
+def test_jwt_malformed(token, words):
+    result = auth.run_check({"name": "j", "type": "jwt", "token": token})
+    assert result["status"] == "AUTH_FAILED"
+    assert "not a JWT" in result["message"] and words in result["message"]
+
+
+def test_jwt_not_yet_valid_and_no_exp():
+    future = make_jwt({"nbf": int(time.time()) + 7200, "exp": int(time.time()) + 9000})
+    assert auth.run_check({"name": "j", "type": "jwt"}, token=future)["status"] == "AUTH_FAILED"
+    result = auth.run_check({"name": "j", "type": "jwt"}, token=make_jwt({"sub": "x"}))
+    assert result["status"] == "AUTH_OK" and "no expiry" in result["message"]
+
+
+# ---------------------------------------------------------------- command
+
+def test_command_success_and_regex(tmp_path):
+    check = {"name": "mog", "type": "command", "command": [sys.executable, "-c", "print('account bot: valid')"],
+             "expect_regex": "^account .*: valid$"}
+    assert auth.run_check(check)["status"] == "AUTH_OK"
+
+
+def test_command_regex_miss():
+    check = {"name": "mog", "type": "command", "command": "echo 'no accounts'", "expect_regex": "valid"}
+    result = auth.run_check(check)
+    assert result["status"] == "AUTH_FAILED"
+    assert "does not match 'valid'" in result["message"]
+
+
+def test_command_failure_shows_last_line_without_token():
+    script = "import sys; t = sys.stdin.read().strip(); print('token ' + t + ' refused', file=sys.stderr); sys.exit(3)"
+    result = auth.run_check({"name": "cli", "type": "command", "command": [sys.executable, "-c", script]}, token=CANARY)
+    assert result["status"] == "AUTH_FAILED"
+    assert "exited with 3" in result["message"] and "refused" in result["message"]
+    no_secret(result, CANARY)
+
+
+def test_command_gets_token_on_stdin_not_argv():
+    script = "import sys; sys.exit(0 if sys.stdin.read().strip() == %r else 1)" % CANARY
+    assert auth.run_check({"name": "cli", "type": "command", "command": [sys.executable, "-c", script]},
+                          token=CANARY)["status"] == "AUTH_OK"
+
+
+def test_command_not_found_and_timeout():
+    result = auth.run_check({"name": "cli", "type": "command", "command": "/nonexistent/tool auth list"})
+    assert result["status"] == "AUTH_FAILED" and "command not found: /nonexistent/tool" in result["message"]
+    result = auth.run_check({"name": "cli", "type": "command", "command": "sleep 5"}, timeout=0.5)
+    assert result["status"] == "AUTH_UNREACHABLE" and "did not finish within 0.5s" in result["message"]
+
+
+# ---------------------------------------------------------------- file
+
+def test_file_ok_with_max_age(tmp_path):
+    path = tmp_path / "token"
+    path.write_text(CANARY)
+    path.chmod(0o600)
+    result = auth.run_check({"name": "f", "type": "file", "path": str(path), "max_age": "45d"})
+    assert result["status"] == "AUTH_OK"
+    assert 44 * 86400 < result["expires_in_seconds"] <= 45 * 86400
+    no_secret(result, CANARY)
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o644])
+def test_file_readable_by_others_fails(tmp_path, mode):
+    path = tmp_path / "token"
+    path.write_text(CANARY)
+    path.chmod(mode)
+    result = auth.run_check({"name": "f", "type": "file", "token_file": str(path)})
+    assert result["status"] == "AUTH_FAILED"
+    assert "%04o" % mode in result["message"] and "chmod 0600" in result["message"]
+
+
+def test_file_too_old_missing_empty(tmp_path):
+    path = tmp_path / "token"
+    path.write_text(CANARY)
+    path.chmod(0o600)
+    old = time.time() - 50 * 86400
+    os.utime(path, (old, old))
+    result = auth.run_check({"name": "f", "type": "file", "path": str(path), "max_age": "45d"})
+    assert result["status"] == "AUTH_FAILED" and "50d ago, older than max_age 45d" in result["message"]
+    result = auth.run_check({"name": "f", "type": "file", "path": str(tmp_path / "missing")})
+    assert result["status"] == "AUTH_FAILED" and "does not exist" in result["message"]
+    empty = tmp_path / "empty"
+    empty.write_text("")
+    empty.chmod(0o600)
+    result = auth.run_check({"name": "f", "type": "file", "path": str(empty)})
+    assert result["status"] == "AUTH_FAILED" and "is empty" in result["message"]
+
+
+# ---------------------------------------------------------------- validation
+
+@pytest.mark.parametrize("check,words", [
+    ({"name": "x", "type": "ftp"}, "unknown type 'ftp' (use one of: http, jwt, command, file)"),
+    ({"name": "x", "type": "http"}, "type http needs 'url'"),
+    ({"name": "x", "type": "http", "url": "graph.example.com/me"}, "must start with http://"),
+    ({"name": "x", "type": "http", "url": "https://a/", "token": "t", "token_file": "/t"}, "not both"),
+    ({"name": "x", "type": "http", "url": "https://a/", "expect_status": [200, "ok"]}, "'expect_status'"),
+    ({"name": "x", "type": "http", "url": "https://a/", "method": "FETCH"}, "unknown HTTP method"),
+    ({"name": "x", "type": "jwt"}, "type jwt needs the token"),
+    ({"name": "x", "type": "jwt", "token": "t", "min_valid": "7 fortnights"}, "'min_valid' is not a time span"),
+    ({"name": "x", "type": "command"}, "type command needs 'command'"),
+    ({"name": "x", "type": "command", "command": "ls", "expect_regex": "("}, "not a valid regular expression"),
+    ({"name": "x", "type": "file"}, "type file needs 'path'"),
+    ({"name": "x", "type": "file", "path": "relative/token"}, "absolute path"),
+    ({"type": "jwt", "token": "t"}, "'name' is required"),
+    ({"name": "x", "type": "jwt", "token": "t", "colour": "red"}, "unknown key(s) colour"),
+])
+def test_validate_check_rejects(check, words):
+    errors = auth.validate_check(check)
+    assert errors and any(words in e for e in errors), errors
+    result = auth.run_check(check)
+    assert result["status"] == "AUTH_FAILED" and words in result["message"]
+
+
+def test_validate_check_accepts_contract_example():
+    check = {"name": "graph", "type": "http", "url": "https://graph.microsoft.com/v1.0/me",
+             "credential": "graph_token", "expect_status": [200]}
+    assert auth.validate_check(check) == []
+    assert auth.validate_check(check, token_sources=("token", "token_file"))  # the module has no credential
