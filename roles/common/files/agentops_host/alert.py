@@ -138,10 +138,18 @@ def open_alerts(args, agent=None):
         data = state.read_json(os.path.join(directory, name))
         if not isinstance(data, dict):
             continue
-        if agent is not None and data.get("agent") != agent:
+        if agent is not None and not belongs_to(data, agent):
             continue
         found.append(data)
     return sorted(found, key=lambda a: a.get("first_seen") or 0)
+
+
+def belongs_to(item, agent):
+    """True when an open alert concerns ``agent`` (by its agent field or by its key)."""
+    if item.get("agent"):
+        return item["agent"] == agent
+    key = str(item.get("key", ""))
+    return key.startswith(agent + "/") or (":%s:" % agent) in key
 
 
 def is_open(args, key):

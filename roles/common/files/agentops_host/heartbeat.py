@@ -11,8 +11,8 @@ every agent in ``agents.d``:
   ``active_hours`` silence is not alerted;
 * every ``interval`` (recorded per agent in ``<state_dir>/.heartbeat/<agent>.json``):
   WORKSTATE.md older than ``workstate_max_age`` -> ``<agent>/workstate``; auth checks
-  (``agentops_host.check_auth``, when installed) -> ``<agent>/auth/<check>``; overdue token
-  rotations (``agentops_host.rotate.overdue``, when installed);
+  (``agentops_host.check_auth``, when installed) -> ``auth:<agent>:<check>`` (the keys of
+  ``agentops check-auth``); overdue token rotations (``agentops_host.rotate.overdue``, when installed);
 * once per run: the filesystems of the journal and of the state directory above the
   disk threshold -> ``host/disk:<path>``.
 
@@ -297,30 +297,39 @@ class Checker:
             self._resolve(key, title="%s: WORKSTATE.md updated again" % name, agent=name, unit=unit)
 
     def check_auth(self, agent, hbstate, now):
-        check_agent = _optional("check_auth", "check_agent")
-        if check_agent is None or not agent.get("auth_checks"):
+        """The same checks (and alert keys) as ``agentops check-auth``, when that module is installed."""
+        try:
+            check_auth = importlib.import_module("agentops_host.check_auth")
+        except ImportError:
+            return
+        if not agent.get("auth_checks") or not hasattr(check_auth, "check_agent"):
             return
         name, unit = agent["name"], agent["unit"]
         try:
-            results = check_agent(self.args, agent) or []
+            results = check_auth.check_agent(self.args, agent) or []
+            if hasattr(check_auth, "record"):
+                check_auth.record(self.args, agent, results)
         except Exception as exc:  # pylint: disable=broad-except
-            alert.log("heartbeat %s: auth checks could not run: %s" % (name, exc))
+            alert.log("heartbeat %s: auth checks could not run: %s" % (name, alert.scrub(exc)))
             self.errors += 1
             return
-        summary = []
+        hbstate["auth"] = [{"name": r.get("name"), "status": str(r.get("status")),
+                            "message": alert.scrub(r.get("message", "")), "time": now} for r in results]
+        if hasattr(check_auth, "raise_alerts"):
+            for problem in check_auth.raise_alerts(self.args, agent, results) or []:
+                alert.log("heartbeat %s: %s" % (name, problem))
+                self.errors += 1
+            return
         for index, result in enumerate(results):
-            check = result.get("name") or result.get("check") or str(index)
+            check = result.get("name") or str(index)
             status = str(result.get("status", AUTH_UNREACHABLE))
-            message = alert.scrub(result.get("message", ""))
-            summary.append({"name": check, "status": status, "message": message, "time": now})
-            key = "%s/auth/%s" % (name, check)
+            key = "auth:%s:%s" % (name, check)
             if status == AUTH_OK:
                 self._resolve(key, title="%s: auth check %s passes again" % (name, check), agent=name, unit=unit)
             else:
-                severity = "critical" if status == AUTH_FAILED else "warning"
-                self._emit(severity, key, "%s: auth check %s: %s" % (name, check, status), message,
-                           agent=name, unit=unit)
-        hbstate["auth"] = summary
+                self._emit("critical" if status == AUTH_FAILED else "warning", key,
+                           "%s: auth check %s: %s" % (name, check, status),
+                           alert.scrub(result.get("message", "")), agent=name, unit=unit)
 
     def check_rotation(self, agent, hbstate):
         overdue = _optional("rotate", "overdue")

@@ -1,0 +1,225 @@
+"""Unit tests of ``agentops heartbeat`` (alerts reach a real HTTP server on 127.0.0.1).
+
+Unit state comes from a stand-in ``systemctl`` executable that prints the properties the
+test wrote (the controller has no systemd as PID 1); the Molecule scenario ``alerts`` runs
+the same code against real units.
+"""
+import argparse
+import datetime
+import json
+import os
+import pwd
+import time
+
+import pytest
+
+from agentops_host import heartbeat
+from agentops_host import status
+
+from test_alert_helpers import make_args, recorder, webhook_channel, write_config  # noqa: F401  (fixture)
+
+FAKE_SYSTEMCTL = """#!/bin/sh
+# test stand-in: `systemctl show ... -- UNIT` prints $FAKE_SYSTEMD_DIR/UNIT.props
+for last; do :; done
+cat "%s/$last.props"
+"""
+
+
+@pytest.fixture
+def units(tmp_path, monkeypatch):
+    directory = tmp_path / "units"
+    directory.mkdir()
+    script = tmp_path / "systemctl"
+    script.write_text(FAKE_SYSTEMCTL % directory)
+    script.chmod(0o755)
+    journal = tmp_path / "journalctl"
+    journal.write_text("#!/bin/sh\nexit 0\n")
+    journal.chmod(0o755)
+    monkeypatch.setattr(heartbeat.systemd, "SYSTEMCTL", str(script))
+    monkeypatch.setattr(heartbeat.systemd, "JOURNALCTL", str(journal))
+
+    def set_unit(unit, active="active", sub="running", restarts=0, result="success", started_ago=600):
+        started = int((time.monotonic() - started_ago) * 1e6) if active == "active" else 0
+        (directory / (unit + ".props")).write_text(
+            "Id=%s\nActiveState=%s\nSubState=%s\nNRestarts=%d\nResult=%s\nRestartUSec=1s\n"
+            "ActiveEnterTimestampMonotonic=%d\nInactiveEnterTimestamp=\n" % (unit, active, sub, restarts, result, started))
+    return set_unit
+
+
+def add_agent(args, name, **heartbeat_fields):
+    hb = {"interval": "10s", "max_silence": "60s", "progress": "file", "file": "heartbeat",
+          "command": None, "active_hours": None, "workstate_max_age": None}
+    hb.update(heartbeat_fields)
+    state_dir = os.path.join(args.state_dir, name)
+    os.makedirs(state_dir, exist_ok=True)
+    agent = {"name": name, "unit": "agentops-%s.service" % name, "user": pwd.getpwuid(os.getuid()).pw_name,
+             "state_dir": state_dir, "enabled": True, "state": "present", "heartbeat": hb,
+             "auth_checks": [], "token_rotation": [], "credentials": []}
+    with open(os.path.join(args.config_dir, "agents.d", name + ".json"), "w", encoding="utf-8") as handle:
+        json.dump(agent, handle)
+    return agent
+
+
+def run_heartbeat(args, **extra):
+    ns = argparse.Namespace(**vars(args))
+    ns.agent = extra.get("agent")
+    ns.tick = extra.get("tick", 5.0)
+    ns.force = extra.get("force", False)
+    ns.disk_threshold = extra.get("disk_threshold", 100.0)
+    ns.disk_path = extra.get("disk_path", [args.state_dir])
+    return heartbeat.run(ns)
+
+
+def touch(path, ago):
+    with open(path, "a", encoding="utf-8"):
+        pass
+    stamp = time.time() - ago
+    os.utime(path, (stamp, stamp))
+
+
+@pytest.mark.parametrize("value, inside, outside", [
+    ("08:00-20:00", (12, 0), (21, 0)),
+    ("22:00-06:00", (23, 30), (12, 0)),
+    ("00:00-24:00", (3, 0), None),
+])
+def test_active_hours(value, inside, outside):
+    day = datetime.datetime(2026, 1, 5)
+    assert heartbeat.in_active_hours(value, day.replace(hour=inside[0], minute=inside[1]).timestamp())
+    if outside:
+        assert not heartbeat.in_active_hours(value, day.replace(hour=outside[0], minute=outside[1]).timestamp())
+    assert heartbeat.in_active_hours(None)
+
+
+@pytest.mark.parametrize("value", ["8-20", "08:00", "25:00-26:00", "08:60-09:00", "aa:bb-cc:dd"])
+def test_active_hours_malformed(value):
+    with pytest.raises(ValueError, match="active_hours"):
+        heartbeat.parse_active_hours(value)
+
+
+def test_hung_agent_alerts_once_then_resolves_once(tmp_path, recorder, units):
+    args = make_args(tmp_path)
+    write_config(args, [webhook_channel(recorder)])
+    agent = add_agent(args, "hung", max_silence="30s")
+    units(agent["unit"], started_ago=600)
+    beat = os.path.join(agent["state_dir"], "heartbeat")
+    touch(beat, ago=120)
+    assert run_heartbeat(args) == 0
+    assert run_heartbeat(args) == 0                  # still silent: de-duplicated
+    bodies = recorder.bodies()
+    assert [(b["key"], b["severity"]) for b in bodies] == [("hung/silent", "critical")]
+    assert "no progress" in bodies[0]["title"]
+    touch(beat, ago=0)                               # progress again
+    assert run_heartbeat(args) == 0
+    assert run_heartbeat(args) == 0
+    assert [(b["key"], b["severity"]) for b in recorder.bodies()][1:] == [("hung/silent", "resolved")]
+
+
+def test_silence_outside_active_hours_is_not_alerted(tmp_path, recorder, units):
+    args = make_args(tmp_path)
+    write_config(args, [webhook_channel(recorder)])
+    hour = datetime.datetime.now().hour
+    closed = "%02d:00-%02d:00" % ((hour + 2) % 24, (hour + 3) % 24)
+    agent = add_agent(args, "night", max_silence="30s", active_hours=closed)
+    units(agent["unit"], started_ago=600)
+    touch(os.path.join(agent["state_dir"], "heartbeat"), ago=3600)
+    assert run_heartbeat(args) == 0
+    assert recorder.requests == []
+
+
+def test_crash_loop_alerts_on_rising_nrestarts(tmp_path, recorder, units):
+    args = make_args(tmp_path)
+    write_config(args, [webhook_channel(recorder)])
+    agent = add_agent(args, "loop", max_silence=None)
+    units(agent["unit"], restarts=0)
+    assert run_heartbeat(args) == 0                  # baseline
+    units(agent["unit"], active="activating", sub="auto-restart", restarts=3)
+    assert run_heartbeat(args) == 0
+    bodies = recorder.bodies()
+    assert [(b["key"], b["severity"]) for b in bodies] == [("loop/crashloop", "critical")]
+    assert "3 restart(s)" in bodies[0]["title"]
+    # running again without restarts for longer than the stable window -> one resolved
+    units(agent["unit"], restarts=3)
+    path = heartbeat.state_path(args, "loop")
+    saved = json.load(open(path))
+    saved["last_restart_seen"] = time.time() - 120
+    json.dump(saved, open(path, "w"))
+    assert run_heartbeat(args) == 0
+    assert run_heartbeat(args) == 0
+    assert [(b["key"], b["severity"]) for b in recorder.bodies()][1:] == [("loop/crashloop", "resolved")]
+
+
+def test_failed_and_stopped_agents_alert_down(tmp_path, recorder, units):
+    args = make_args(tmp_path)
+    write_config(args, [webhook_channel(recorder)])
+    agent = add_agent(args, "gone", max_silence=None)
+    units(agent["unit"], active="inactive", sub="dead")
+    assert run_heartbeat(args) == 0
+    units(agent["unit"], active="failed", sub="failed", result="start-limit-hit")
+    assert run_heartbeat(args) == 0                  # escalation warning -> critical
+    units(agent["unit"])
+    assert run_heartbeat(args) == 0
+    assert [(b["key"], b["severity"]) for b in recorder.bodies()] == [
+        ("gone/down", "warning"), ("gone/down", "critical"), ("gone/down", "resolved")]
+
+
+def test_command_progress_honours_interval(tmp_path, recorder, units):
+    args = make_args(tmp_path)
+    write_config(args, [webhook_channel(recorder)])
+    counter = tmp_path / "polls"
+    poll = tmp_path / "poll.sh"
+    poll.write_text("#!/bin/sh\necho x >> %s\n" % counter)
+    poll.chmod(0o755)
+    agent = add_agent(args, "cmd", progress="command", command=str(poll), interval="1h")
+    units(agent["unit"], started_ago=10)
+    assert run_heartbeat(args) == 0
+    assert run_heartbeat(args) == 0                  # not due yet
+    assert counter.read_text().count("x") == 1
+    assert run_heartbeat(args, force=True) == 0
+    assert counter.read_text().count("x") == 2
+    assert recorder.requests == []
+
+
+def test_disk_threshold_alert(tmp_path, recorder, units):
+    args = make_args(tmp_path)
+    write_config(args, [webhook_channel(recorder)])
+    assert run_heartbeat(args, disk_threshold=0.0) == 0
+    assert run_heartbeat(args, disk_threshold=100.0) == 0
+    assert [(b["key"].split(":")[0], b["severity"]) for b in recorder.bodies()] == [
+        ("host/disk", "warning"), ("host/disk", "resolved")]
+
+
+def test_removed_agent_alerts_are_resolved(tmp_path, recorder, units):
+    args = make_args(tmp_path)
+    write_config(args, [webhook_channel(recorder)])
+    agent = add_agent(args, "old", max_silence=None)
+    units(agent["unit"], active="failed", sub="failed")
+    assert run_heartbeat(args) == 0
+    os.unlink(os.path.join(args.config_dir, "agents.d", "old.json"))
+    assert run_heartbeat(args) == 0
+    assert [b["severity"] for b in recorder.bodies()] == ["critical", "resolved"]
+
+
+def test_status_json_and_table(tmp_path, recorder, units, capsys):
+    args = make_args(tmp_path)
+    write_config(args, [webhook_channel(recorder)])
+    agent = add_agent(args, "st", max_silence="30s")
+    units(agent["unit"], restarts=2, started_ago=100)
+    touch(os.path.join(agent["state_dir"], "heartbeat"), ago=50)
+    assert run_heartbeat(args) == 0
+    args.json = True
+    assert status._cmd_status(args) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 1
+    row = rows[0]
+    for field in ("agent", "unit", "active_state", "sub_state", "uptime_seconds", "restarts",
+                  "last_progress_age_seconds", "auth", "next_rotation", "open_alerts"):
+        assert field in row
+    assert row["agent"] == "st" and row["restarts"] == 2 and row["active_state"] == "active"
+    assert 95 <= row["uptime_seconds"] <= 130
+    assert 45 <= row["last_progress_age_seconds"] <= 80
+    assert [a["key"] for a in row["open_alerts"]] == ["st/silent"]
+    args.json = False
+    assert status._cmd_status(args) == 0
+    table = capsys.readouterr().out
+    assert table.splitlines()[0].split()[:3] == ["AGENT", "ACTIVE", "UPTIME"]
+    assert "critical:silent" in table
