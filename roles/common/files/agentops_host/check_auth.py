@@ -1,0 +1,244 @@
+"""`agentops check-auth <agent>`: run an agent's auth checks on the host.
+
+The checks are the agent's ``auth_checks`` in ``<config_dir>/agents.d/<agent>.json``
+and run through ``agentops_lib.agentops_auth.run_check``, the same code as the
+``agentops.fleet.auth_check`` module. A check's ``credential`` is read from
+``<config_dir>/credentials/<agent>/<credential>``.
+
+The agent's unit runs this as ``ExecStartPre=+/usr/local/bin/agentops check-auth <agent>``:
+exit 0 when every check is AUTH_OK (or AUTH_EXPIRING without ``fail_on_expiring``),
+1 otherwise, so a session with a dead token does not start. A failing check raises a
+critical alert (key ``<agent>/auth/<check>``, the heartbeat's key for the same check) through the alert path; a check that
+passes again resolves it. The last result per agent is kept in
+``<state_dir>/.auth/<agent>.json`` (root, 0600, never the token) for ``agentops status``.
+
+``--credential CRED --token-stdin`` validates a NEW token for one credential before it
+is swapped in: only the checks of that credential run, nothing is recorded or alerted.
+"""
+import datetime
+import json
+import os
+import sys
+
+from agentops_host import config
+from agentops_lib import agentops_auth
+
+AUTH_OK = agentops_auth.AUTH_OK
+AUTH_EXPIRING = agentops_auth.AUTH_EXPIRING
+AUTH_FAILED = agentops_auth.AUTH_FAILED
+AUTH_UNREACHABLE = agentops_auth.AUTH_UNREACHABLE
+DEFAULT_TIMEOUT = 10
+
+
+def add_parser(subparsers):
+    parser = subparsers.add_parser(
+        "check-auth",
+        help="run an agent's auth checks (exit 1 when one fails)",
+        description="Run the auth checks of an agent with its current credentials. Exit 0 when every check "
+                    "is OK (or EXPIRING without fail_on_expiring), 1 otherwise.",
+    )
+    parser.add_argument("agent", help="agent name (as in /etc/agentops/agents.d/<agent>.json)")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--credential", metavar="CRED",
+                        help="only run the checks of this credential (with --token-stdin: validate a new token)")
+    parser.add_argument("--token-stdin", action="store_true",
+                        help="read the token to check for --credential from standard input; nothing is recorded")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
+                        help="seconds per check unless the check sets its own timeout (default: %(default)s)")
+    parser.add_argument("--no-alert", action="store_true", help="do not raise or resolve alerts")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def _resolve(agent, check, overrides):
+    """Return (check to run, token, error message) for one check of an agent."""
+    check = dict(check)
+    credential = check.get("credential")
+    if not credential:
+        return check, None, None
+    if check.get("type") == "file":
+        check.pop("credential")
+        check["path"] = os.path.join(agent["credentials_dir"], credential)
+        return check, None, None
+    if credential in overrides:
+        return check, overrides[credential], None
+    try:
+        return check, config.read_credential(agent, credential), None
+    except FileNotFoundError:
+        return check, None, ("credential %r is missing: %s does not exist"
+                             % (credential, os.path.join(agent["credentials_dir"], credential)))
+    except (OSError, UnicodeError) as exc:
+        return check, None, "credential %r cannot be read: %s" % (credential, getattr(exc, "strerror", None) or exc)
+
+
+def check_agent(args, agent, overrides=None, only_credential=None):
+    """Run the auth checks of ``agent`` (a dict from ``config.load_agent``); return a list of result dicts.
+
+    Each result is ``agentops_auth.run_check``'s dict plus ``name``, ``type``, ``credential`` and
+    ``passed``. ``overrides`` maps credential name -> token to check instead of the stored one (a NEW
+    token before it is swapped in); with ``only_credential`` only the checks of that credential run.
+    File checks of an overridden credential are skipped: the new token is not in the file yet.
+    """
+    overrides = dict(overrides or {})
+    timeout = getattr(args, "timeout", None) or DEFAULT_TIMEOUT
+    results = []
+    for index, raw in enumerate(agent.get("auth_checks") or []):
+        if not isinstance(raw, dict):
+            raw = {"name": "check-%d" % (index + 1), "type": None}
+        name = raw.get("name") or "check-%d" % (index + 1)
+        credential = raw.get("credential")
+        if only_credential is not None and credential != only_credential:
+            continue
+        if credential in overrides and raw.get("type") == "file":
+            continue
+        check, token, error = _resolve(agent, raw, overrides)
+        if error:
+            result = {"status": AUTH_FAILED, "message": "%s FAILED: %s" % (agentops_auth.check_label(raw), error),
+                      "http_status": None, "expires_at": None, "expires_in_seconds": None, "elapsed": 0.0}
+        else:
+            result = agentops_auth.run_check(check, token=token, timeout=timeout)
+            secrets = [token] + list(overrides.values())
+            for secret in secrets:  # belt and braces: run_check never echoes it
+                if secret and len(secret) >= 3:
+                    result["message"] = result["message"].replace(secret, "********")
+        result["name"] = name
+        result["type"] = raw.get("type")
+        result["credential"] = credential
+        result["passed"] = agentops_auth.passed(raw, result)
+        results.append(result)
+    return results
+
+
+def state_path(args, agent_name):
+    return os.path.join(args.state_dir, ".auth", agent_name + ".json")
+
+
+def record(args, agent, results):
+    """Keep the last results of an agent in <state_dir>/.auth/<agent>.json (0600; messages, never tokens)."""
+    directory = os.path.join(args.state_dir, ".auth")
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    os.chmod(directory, 0o700)
+    data = {
+        "agent": agent["name"],
+        "time": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "passed": all(r["passed"] for r in results),
+        "results": results,
+    }
+    path = state_path(args, agent["name"])
+    tmp = os.path.join(directory, ".%s.json.tmp" % agent["name"])
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        os.fchmod(handle.fileno(), 0o600)
+        json.dump(data, handle, sort_keys=True, indent=1)
+        handle.write("\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def last_result(args, agent_name):
+    """The last recorded results of an agent (for `agentops status`), or None."""
+    try:
+        with open(state_path(args, agent_name), "r", encoding="utf-8") as handle:
+            return json.load(handle)
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _alert_module():
+    try:
+        from agentops_host import alert  # pylint: disable=import-outside-toplevel
+    except ImportError:
+        return None
+    if not hasattr(alert, "emit"):
+        return None
+    return alert
+
+
+def alert_key(agent_name, check_name):
+    """The alert key of one check; the heartbeat raises and resolves the same key."""
+    return "%s/auth/%s" % (agent_name, check_name)
+
+
+def raise_alerts(args, agent, results):
+    """Raise a critical alert per failing check, resolve the alerts of checks that pass.
+
+    Returns a list of problems met while alerting (the checks' outcome stands regardless).
+    """
+    alert = _alert_module()
+    if alert is None:
+        return []
+    problems = []
+    unit = agent.get("unit") or "agentops-%s.service" % agent["name"]
+    for result in results:
+        key = alert_key(agent["name"], result["name"])
+        try:
+            if result["passed"]:
+                if hasattr(alert, "resolve"):
+                    alert.resolve(args, key=key, title="%s: auth check %s passes again" % (agent["name"], result["name"]),
+                                  body=result["message"], agent=agent["name"], unit=unit)
+            else:
+                alert.emit(args, "critical", key=key,
+                           title="%s: auth check %s %s" % (agent["name"], result["name"], result["status"]),
+                           body="%s\n%s" % (result["message"], _advice(agent, result, unit)),
+                           agent=agent["name"], unit=unit)
+        except Exception as exc:  # pylint: disable=broad-except
+            problems.append("alert for %s could not be sent: %s" % (key, exc))
+    return problems
+
+
+def _advice(agent, result, unit):
+    if result["status"] == AUTH_UNREACHABLE:
+        return ("The service could not be asked; the token itself may be fine. %s does not start until the check "
+                "passes (systemd retries per Restart=). Check the network/service, then: systemctl start %s"
+                % (unit, unit))
+    if result.get("credential"):
+        return ("%s does not start with this credential. Put a working token into %s, then: systemctl start %s"
+                % (unit, os.path.join(agent["credentials_dir"], result["credential"]), unit))
+    return "%s does not start until this check passes. Then: systemctl start %s" % (unit, unit)
+
+
+def format_line(agent_name, result):
+    """One line per check, readable at 3 a.m."""
+    return "%s/%s: %s - %s (%.1fs)" % (agent_name, result["name"], result["status"], result["message"],
+                                       result.get("elapsed") or 0.0)
+
+
+def run(args):
+    try:
+        agent = config.load_agent(args.config_dir, args.agent)
+    except config.ConfigError as exc:
+        sys.stderr.write("agentops check-auth: %s\n" % exc)
+        return 1
+    if args.token_stdin and not args.credential:
+        sys.stderr.write("agentops check-auth: --token-stdin needs --credential CRED\n")
+        return 2
+    overrides = None
+    if args.token_stdin:
+        token = sys.stdin.read().strip()
+        if not token:
+            sys.stderr.write("agentops check-auth: no token on standard input\n")
+            return 2
+        overrides = {args.credential: token}
+    results = check_agent(args, agent, overrides=overrides, only_credential=args.credential)
+    validating = overrides is not None
+    if not validating and args.credential is None:
+        record(args, agent, results)
+        if not args.no_alert:
+            for problem in raise_alerts(args, agent, results):
+                sys.stderr.write("agentops check-auth: %s\n" % problem)
+    ok = all(r["passed"] for r in results)
+    if args.json:
+        sys.stdout.write(json.dumps({"agent": agent["name"], "passed": ok, "results": results}, sort_keys=True) + "\n")
+    elif not results:
+        what = "for credential %s " % args.credential if args.credential else ""
+        sys.stdout.write("%s: no auth checks %sconfigured\n" % (agent["name"], what))
+    else:
+        unit = agent.get("unit") or "agentops-%s.service" % agent["name"]
+        for result in results:
+            sys.stdout.write(format_line(agent["name"], result) + "\n")
+            if not result["passed"] and not validating:
+                sys.stdout.write("%s/%s: %s\n" % (agent["name"], result["name"], _advice(agent, result, unit)))
+    sys.stdout.flush()
+    return 0 if ok else 1

@@ -1,0 +1,219 @@
+"""`agentops check-auth`: the agent's checks with its stored credentials, state, alerts, overrides."""
+import argparse
+import http.server
+import io
+import json
+import os
+import stat
+import threading
+
+import pytest
+
+from agentops_host import check_auth, cli, config
+
+CANARY = "canary-Hq42TOKEN-host-9931"
+NEW_CANARY = "canary-new-Rt55TOKEN-0007"
+
+
+class _Api(http.server.BaseHTTPRequestHandler):
+    """Accepts only the bearer tokens in server.valid; webhook POSTs are collected in server.posts."""
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, fmt, *args):
+        pass
+
+    def _send(self, status):
+        payload = b"{}"
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def do_GET(self):  # noqa: N802
+        auth = self.headers.get("Authorization") or ""
+        self._send(200 if auth[len("Bearer "):] in self.server.valid else 401)
+
+    def do_POST(self):  # noqa: N802
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.server.posts.append(json.loads(body.decode() or "null"))
+        self._send(200)
+
+
+@pytest.fixture
+def api():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Api)
+    server.daemon_threads = True
+    server.valid = {CANARY}
+    server.posts = []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server.url = lambda path: "http://127.0.0.1:%d%s" % (server.server_address[1], path)
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def host(tmp_path, api):
+    """A host tree: agentops.json with a webhook channel, agent mail-triage with an http and a file check."""
+    cfg, st, spool = tmp_path / "etc", tmp_path / "state", tmp_path / "spool"
+    for d in (cfg / "agents.d", cfg / "credentials" / "mail-triage", st, spool):
+        d.mkdir(parents=True)
+    (cfg / "agentops.json").write_text(json.dumps({
+        "host": "web1", "alert_channels": [{"type": "webhook", "url": api.url("/hook")}],
+        "alert_timeout_seconds": 5}))
+    agent = {"name": "mail-triage", "unit": "agentops-mail-triage.service",
+             "credentials_dir": str(cfg / "credentials" / "mail-triage"), "credentials": ["graph_token", "other"],
+             "auth_checks": [
+                 {"name": "graph", "type": "http", "url": api.url("/v1.0/me"), "credential": "graph_token",
+                  "expect_status": [200]},
+                 {"name": "graph-file", "type": "file", "credential": "graph_token", "max_age": "45d"},
+             ]}
+    (cfg / "agents.d" / "mail-triage.json").write_text(json.dumps(agent))
+    cred = cfg / "credentials" / "mail-triage" / "graph_token"
+    cred.write_text(CANARY + "\n")
+    cred.chmod(0o600)
+    args = argparse.Namespace(config_dir=str(cfg), state_dir=str(st), spool_dir=str(spool), timeout=5)
+    args.cred = cred
+    return args
+
+
+def run_cli(host, capsys, *extra, stdin=None, monkeypatch=None):
+    if stdin is not None:
+        monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
+    rc = cli.main(["--config-dir", host.config_dir, "--state-dir", host.state_dir, "--spool-dir", host.spool_dir,
+                   "check-auth"] + list(extra))
+    captured = capsys.readouterr()
+    return rc, captured.out, captured.err
+
+
+def test_registered_in_cli():
+    parser = cli.build_parser()
+    args = parser.parse_args(["check-auth", "x", "--json"])
+    assert args.func is check_auth.run and args.agent == "x" and args.json
+
+
+def test_all_ok_exit_0_one_line_per_check(host, capsys, api):
+    rc, out, _ = run_cli(host, capsys, "mail-triage")
+    assert rc == 0, out
+    lines = out.strip().splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("mail-triage/graph: AUTH_OK - auth check 'graph' OK: GET %s" % api.url("/v1.0/me"))
+    assert lines[1].startswith("mail-triage/graph-file: AUTH_OK")
+    assert CANARY not in out
+
+
+def test_rejected_token_exit_1_records_and_alerts(host, capsys, api):
+    api.valid = {"something-else"}
+    rc, out, _ = run_cli(host, capsys, "mail-triage")
+    assert rc == 1
+    assert "mail-triage/graph: AUTH_FAILED" in out and "HTTP 401" in out
+    assert "Put a working token into %s" % host.cred in out
+    assert "systemctl start agentops-mail-triage.service" in out
+    # state for `agentops status`: root-only, no token
+    path = os.path.join(host.state_dir, ".auth", "mail-triage.json")
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o700
+    recorded = check_auth.last_result(host, "mail-triage")
+    assert recorded["passed"] is False
+    assert [r["status"] for r in recorded["results"]] == ["AUTH_FAILED", "AUTH_OK"]
+    assert CANARY not in open(path).read()
+    # the alert went out through the alert path (webhook on 127.0.0.1)
+    assert len(api.posts) == 1, api.posts
+    alert = api.posts[0]
+    assert alert["severity"] == "critical" and alert["key"] == "mail-triage/auth/graph"
+    assert alert["agent"] == "mail-triage" and "HTTP 401" in alert["body"]
+    assert CANARY not in json.dumps(api.posts)
+    # a second failing start does not repeat the alert (de-duplicated by the alert path)
+    assert run_cli(host, capsys, "mail-triage")[0] == 1
+    assert len(api.posts) == 1
+    # fixing the token: exit 0 and one recovery notice
+    api.valid = {CANARY}
+    rc, out, _ = run_cli(host, capsys, "mail-triage")
+    assert rc == 0, out
+    assert len(api.posts) == 2 and api.posts[1]["severity"] == "resolved"
+    assert api.posts[1]["key"] == "mail-triage/auth/graph"
+    assert check_auth.last_result(host, "mail-triage")["passed"] is True
+
+
+def test_unreachable_is_distinct_and_fails(host, capsys):
+    agent_file = os.path.join(host.config_dir, "agents.d", "mail-triage.json")
+    agent = json.load(open(agent_file))
+    agent["auth_checks"][0]["url"] = "http://127.0.0.1:1/v1.0/me"
+    json.dump(agent, open(agent_file, "w"))
+    rc, out, _ = run_cli(host, capsys, "mail-triage", "--no-alert")
+    assert rc == 1
+    assert "mail-triage/graph: AUTH_UNREACHABLE" in out and "the token itself may be fine" in out
+
+
+def test_json_output(host, capsys):
+    rc, out, _ = run_cli(host, capsys, "mail-triage", "--json")
+    data = json.loads(out)
+    assert rc == 0 and data["passed"] is True and data["agent"] == "mail-triage"
+    assert [r["name"] for r in data["results"]] == ["graph", "graph-file"]
+    assert {"status", "message", "http_status", "expires_at", "expires_in_seconds", "elapsed", "name"} <= set(
+        data["results"][0])
+
+
+def test_missing_credential_file(host, capsys):
+    os.unlink(str(host.cred))
+    rc, out, _ = run_cli(host, capsys, "mail-triage", "--no-alert")
+    assert rc == 1
+    assert "credential 'graph_token' is missing: %s does not exist" % host.cred in out
+
+
+def test_world_readable_credential_fails_file_check(host, capsys):
+    host.cred.chmod(0o644)
+    rc, out, _ = run_cli(host, capsys, "mail-triage", "--no-alert")
+    assert rc == 1 and "mail-triage/graph-file: AUTH_FAILED" in out and "0644" in out
+
+
+def test_unknown_agent(host, capsys):
+    rc, _, err = run_cli(host, capsys, "nobody")
+    assert rc == 1 and "unknown agent 'nobody'" in err
+
+
+def test_no_checks(host, capsys):
+    path = os.path.join(host.config_dir, "agents.d", "quiet.json")
+    json.dump({"name": "quiet"}, open(path, "w"))
+    rc, out, _ = run_cli(host, capsys, "quiet")
+    assert rc == 0 and "quiet: no auth checks configured" in out
+
+
+def test_token_stdin_validates_new_token_without_recording(host, capsys, api, monkeypatch):
+    api.valid = {NEW_CANARY}
+    rc, out, _ = run_cli(host, capsys, "mail-triage", "--credential", "graph_token", "--token-stdin",
+                         stdin=NEW_CANARY + "\n", monkeypatch=monkeypatch)
+    assert rc == 0, out
+    assert "graph-file" not in out  # the new token is not in the file yet
+    assert NEW_CANARY not in out
+    assert not os.path.exists(os.path.join(host.state_dir, ".auth", "mail-triage.json"))
+    assert api.posts == []
+    rc, out, _ = run_cli(host, capsys, "mail-triage", "--credential", "graph_token", "--token-stdin",
+                         stdin="canary-bad-token-1234\n", monkeypatch=monkeypatch)
+    assert rc == 1 and "AUTH_FAILED" in out and "canary-bad-token-1234" not in out
+    assert open(str(host.cred)).read().strip() == CANARY  # nothing swapped
+    rc, _, err = run_cli(host, capsys, "mail-triage", "--token-stdin", stdin="x", monkeypatch=monkeypatch)
+    assert rc == 2 and "--token-stdin needs --credential" in err
+
+
+def test_check_agent_api_overrides_and_only_credential(host, api):
+    agent = config.load_agent(host.config_dir, "mail-triage")
+    agent["auth_checks"].append({"name": "other", "type": "http", "url": api.url("/x"), "credential": "other"})
+    api.valid = {NEW_CANARY}
+    results = check_agent = check_auth.check_agent(host, agent, overrides={"graph_token": NEW_CANARY},
+                                                   only_credential="graph_token")
+    assert [r["name"] for r in results] == ["graph"]
+    assert results[0]["status"] == "AUTH_OK" and results[0]["passed"] is True
+    assert results[0]["credential"] == "graph_token"
+    results = check_auth.check_agent(host, agent)
+    assert [r["name"] for r in results] == ["graph", "graph-file", "other"]
+    assert [r["status"] for r in results] == ["AUTH_FAILED", "AUTH_OK", "AUTH_FAILED"]
+    assert "credential 'other' is missing" in results[2]["message"]
+    assert NEW_CANARY not in json.dumps(check_agent) and CANARY not in json.dumps(results)
+
+
+def test_invalid_check_in_config_fails_clearly(host, capsys):
+    path = os.path.join(host.config_dir, "agents.d", "broken.json")
+    json.dump({"name": "broken", "auth_checks": [{"name": "x", "type": "ftp"}]}, open(path, "w"))
+    rc, out, _ = run_cli(host, capsys, "broken", "--no-alert")
+    assert rc == 1 and "unknown type 'ftp'" in out
