@@ -1,0 +1,505 @@
+"""Unit tests of `agentops rotate` (roles/common/files/agentops_host/rotate.py).
+
+Everything runs for real in temporary directories: a token endpoint, an API the
+auth check asks and a webhook receiver (the alert path) on 127.0.0.1, the rotation
+command as a real process. Only systemctl is replaced by a recording script, as the
+test machine has no systemd to restart units with (Molecule does that for real).
+"""
+import fcntl
+import http.server
+import json
+import os
+import pwd
+import random
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import pytest
+
+from agentops_host import cli, rotate
+
+DAY = 86400
+HERE = os.path.dirname(os.path.abspath(__file__))
+HOSTLIB = os.path.abspath(os.path.join(HERE, "..", "..", "..", "roles", "common", "files"))
+MODULE_UTILS_PARENT = os.path.abspath(os.path.join(HERE, "..", "..", "..", ".cache", "hostlib"))
+
+REFRESH_SCRIPT = r'''#!/usr/bin/python3
+# Rotation command used by the tests: asks the token endpoint for a new token.
+import json, sys, urllib.request, urllib.error
+old = sys.stdin.read()
+req = urllib.request.Request(sys.argv[1], data=json.dumps({"refresh": len(old)}).encode(), method="POST",
+                             headers={"Content-Type": "application/json"})
+try:
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        body = json.load(resp)
+except urllib.error.HTTPError as exc:
+    sys.stderr.write("token endpoint said %s\n" % exc.code)
+    sys.exit(3)
+sys.stdout.write(body.get("access_token", "") + "\n")
+'''
+
+
+def wait_for(predicate, timeout=15, interval=0.05, message="condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError("timed out waiting for %s" % message)
+        time.sleep(interval)
+
+
+class Endpoint(http.server.ThreadingHTTPServer):
+    """Token endpoint (POST /token), API checked by the auth check (GET /me) and webhook receiver (POST /hook)."""
+
+    daemon_threads = True
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.next_token = "NEWTOKEN-%08x" % random.getrandbits(32)
+        self.token_status = 200
+        self.accepted = set()
+        self.token_requests = 0
+        self.api_requests = []
+        self.hooks = []
+        self.lock = threading.Lock()
+
+    @property
+    def url(self):
+        return "http://127.0.0.1:%d" % self.server_address[1]
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, fmt, *args):
+        pass
+
+    def _reply(self, status, body):
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):  # noqa: N802 (http.server naming)
+        server = self.server
+        token = (self.headers.get("Authorization") or "").replace("Bearer ", "", 1)
+        with server.lock:
+            server.api_requests.append(token)
+        self._reply(200 if token in server.accepted else 401, {"ok": token in server.accepted})
+
+    def do_POST(self):  # noqa: N802
+        server = self.server
+        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if self.path.startswith("/hook"):
+            with server.lock:
+                server.hooks.append(raw.decode("utf-8", "replace"))
+            self._reply(200, {"ok": True})
+            return
+        with server.lock:
+            server.token_requests += 1
+        if server.token_status != 200:
+            self._reply(server.token_status, {"error": "nope"})
+        else:
+            self._reply(200, {"access_token": server.next_token})
+
+
+@pytest.fixture
+def endpoint():
+    server = Endpoint()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def env(tmp_path, endpoint, monkeypatch):
+    """A host in a temp dir: config with one agent (a1, credential api_token), state, spool, fake systemctl."""
+    cfg, state, spool, bindir = (tmp_path / d for d in ("etc", "state", "spool", "bin"))
+    for d in (cfg / "agents.d", cfg / "credentials" / "a1", state / "a1", spool, bindir):
+        d.mkdir(parents=True)
+    # The rotation command must be reachable by an unprivileged user: its own 0755 directory.
+    tooldir = tempfile.mkdtemp(prefix="agentops-rotate-test-")
+    os.chmod(tooldir, 0o755)
+    script = os.path.join(tooldir, "refresh-token")
+    with open(script, "w", encoding="utf-8") as handle:
+        handle.write(REFRESH_SCRIPT)
+    os.chmod(script, 0o755)
+    systemctl = bindir / "systemctl"
+    calls = tmp_path / "systemctl.log"
+    systemctl.write_text("#!/bin/sh\necho \"$*\" >> %s\ncase \"$1\" in\n"
+                         "  is-active) exit $(cat %s/active_rc 2>/dev/null || echo 0);;\n"
+                         "  is-enabled) exit 1;;\n  restart) exit 0;;\nesac\nexit 1\n" % (calls, tmp_path))
+    systemctl.chmod(0o755)
+    monkeypatch.setattr(rotate, "SYSTEMCTL", str(systemctl))
+    (cfg / "agentops.json").write_text(json.dumps({
+        "host": "unit", "alert_channels": [{"type": "webhook", "url": endpoint.url + "/hook"}],
+        "alert_timeout_seconds": 5, "rotation": {"grace_days": 7, "timeout_seconds": 20}}))
+    me = pwd.getpwuid(os.geteuid()).pw_name
+    old = "OLDTOKEN-%08x" % random.getrandbits(32)
+    endpoint.accepted.update({old, endpoint.next_token})
+    cred = cfg / "credentials" / "a1" / "api_token"
+    cred.write_text(old)
+    cred.chmod(0o600)
+
+    class Env:
+        pass
+
+    e = Env()
+    e.tmp, e.cfg, e.state, e.spool, e.cred, e.old, e.calls = tmp_path, cfg, state, spool, cred, old, calls
+    e.script, e.endpoint, e.user = script, endpoint, me
+    e.base = ["--config-dir", str(cfg), "--state-dir", str(state), "--spool-dir", str(spool)]
+
+    def write_agent(name="a1", rotation=None, checks=None, user=None, extra=None):
+        agent = {
+            "name": name, "unit": "agentops-%s.service" % name, "user": user or me,
+            "state_dir": str(state / name), "credentials_dir": str(cfg / "credentials" / name),
+            "credentials": ["api_token"], "enabled": True, "state": "present",
+            "auth_checks": checks if checks is not None else [
+                {"name": "api", "type": "http", "url": endpoint.url + "/me", "credential": "api_token",
+                 "expect_status": [200], "timeout": 5}],
+            "token_rotation": rotation if rotation is not None else [
+                {"credential": "api_token", "every_days": 45, "command": "%s %s/token" % (script, endpoint.url)}],
+        }
+        agent.update(extra or {})
+        (cfg / "agents.d" / (name + ".json")).write_text(json.dumps(agent))
+    e.write_agent = write_agent
+    write_agent()
+
+    def age(days, path=None):
+        past = time.time() - days * DAY
+        os.utime(str(path or cred), (past, past))
+    e.age = age
+
+    def run(*argv):
+        return cli.main(e.base + list(argv))
+    e.run = run
+
+    def restarts():
+        if not calls.exists():
+            return []
+        return [line for line in calls.read_text().splitlines() if line.startswith("restart")]
+    e.restarts = restarts
+
+    def state_of(name="a1", credential="api_token"):
+        with open(str(state / "rotation" / name / (credential + ".json")), encoding="utf-8") as handle:
+            return json.load(handle)
+    e.state_of = state_of
+
+    def hooks_with(text):
+        return [h for h in list(endpoint.hooks) if text in h]
+    e.hooks_with = hooks_with
+
+    yield e
+    subprocess.run(["rm", "-rf", tooldir], check=False)
+
+
+def _everything_written(e):
+    """All bytes the rotation could have leaked into: state, spool, alert bodies."""
+    blobs = list(e.endpoint.hooks)
+    for root in (str(e.state), str(e.spool)):
+        for folder, _dirs, files in os.walk(root):
+            for name in files:
+                with open(os.path.join(folder, name), "rb") as handle:
+                    blobs.append(handle.read().decode("utf-8", "replace"))
+    return "\n".join(blobs)
+
+
+def test_due_credential_is_rotated_validated_swapped_and_confirmed(env, capsys):
+    env.age(46)
+    new = env.endpoint.next_token
+    assert env.run("rotate") == 0
+    out, err = capsys.readouterr()
+    assert env.cred.read_text() == new
+    assert stat.S_IMODE(env.cred.stat().st_mode) == 0o600
+    prev = env.cred.parent / "api_token.prev"
+    assert prev.read_text() == env.old
+    assert stat.S_IMODE(prev.stat().st_mode) == 0o600
+    assert sorted(os.listdir(str(env.cred.parent))) == ["api_token", "api_token.prev"]
+    assert env.endpoint.token_requests == 1
+    assert new in env.endpoint.api_requests  # validated against the API before the swap
+    assert env.restarts() == ["restart agentops-a1.service"]
+    state = env.state_of()
+    assert state["result"] == "ok" and time.time() - state["last_success"] < 60
+    assert "passed the auth check" in state["message"]
+    hook = wait_for(lambda: env.hooks_with("Token rotated: a1/api_token"), message="info confirmation")
+    assert "a1/api_token" in hook[0]
+    for text in (out, err, _everything_written(env)):
+        assert new not in text and env.old not in text
+    # Done: the next daily run finds nothing due.
+    assert env.run("rotate") == 0
+    assert "nothing due" in capsys.readouterr().out
+    assert env.endpoint.token_requests == 1
+
+
+def test_recent_credential_is_left_alone(env, capsys):
+    env.age(1)
+    before = env.cred.stat()
+    assert env.run("rotate") == 0
+    assert "nothing due" in capsys.readouterr().out
+    assert env.endpoint.token_requests == 0
+    assert env.cred.read_text() == env.old and env.cred.stat().st_mtime == before.st_mtime
+    assert not (env.cred.parent / "api_token.prev").exists()
+    assert env.restarts() == []
+
+
+def test_missed_day_is_caught_up_from_the_state(env, capsys):
+    # Rotated 47 days ago (the host was down on day 45 and 46): today's run rotates.
+    env.age(47)
+    rotate.save_state(type("A", (), {"state_dir": str(env.state)}), "a1", "api_token",
+                      {"last_success": time.time() - 47 * DAY, "result": "ok"})
+    assert env.run("rotate") == 0
+    assert env.cred.read_text() == env.endpoint.next_token
+
+
+def test_exactly_every_days_old_is_due(env):
+    env.age(45.001)
+    assert env.run("rotate") == 0
+    assert env.cred.read_text() == env.endpoint.next_token
+
+
+@pytest.mark.parametrize("failure", ["command-fails", "prints-nothing", "rejected", "times-out", "two-lines",
+                                     "same-token"])
+def test_failure_keeps_old_credential_byte_for_byte(env, capsys, failure):
+    env.age(46)
+    if failure == "command-fails":
+        env.endpoint.token_status = 500
+    elif failure == "prints-nothing":
+        env.endpoint.next_token = ""
+    elif failure == "rejected":
+        env.endpoint.accepted.discard(env.endpoint.next_token)
+    elif failure == "same-token":
+        env.endpoint.next_token = env.old
+    elif failure == "times-out":
+        env.write_agent(rotation=[{"credential": "api_token", "every_days": 45, "timeout": 1,
+                                   "command": "/bin/sh -c 'sleep 30; echo late'"}])
+    elif failure == "two-lines":
+        env.write_agent(rotation=[{"credential": "api_token", "every_days": 45,
+                                   "command": "/bin/sh -c 'echo NEWLINE1; echo NEWLINE2'"}])
+    before = env.cred.read_bytes()
+    before_stat = env.cred.stat()
+    started = time.monotonic()
+    assert env.run("rotate") == 1
+    out, err = capsys.readouterr()
+    assert time.monotonic() - started < 15  # the timeout kills the command
+    assert env.cred.read_bytes() == before
+    assert env.cred.stat().st_ino == before_stat.st_ino and env.cred.stat().st_mtime == before_stat.st_mtime
+    assert sorted(os.listdir(str(env.cred.parent))) == ["api_token"]
+    assert env.restarts() == []
+    state = env.state_of()
+    assert state["result"] == "failed" and "last_success" not in state
+    expected = {"command-fails": "exited with status 3", "prints-nothing": "printed no token",
+                "rejected": "failed the auth check", "times-out": "timed out after 1s",
+                "two-lines": "more than one line", "same-token": "unchanged"}[failure]
+    assert expected in state["message"]
+    assert expected in err
+    hook = wait_for(lambda: env.hooks_with("Token rotation failed: a1/api_token"), message="critical alert")
+    assert "critical" in hook[0].lower()
+    secret = env.endpoint.next_token
+    for text in (out, err, _everything_written(env)):
+        if secret:
+            assert secret not in text
+        assert env.old not in text
+        assert "NEWLINE1" not in text
+    # Still due: the next daily run tries again.
+    assert rotate.schedule_entry(_args(env), _agent(env), rotate._entries(_agent(env))[0])["due"]
+
+
+def _args(env):
+    return cli.build_parser().parse_args(env.base + ["rotate"])
+
+
+def _agent(env, name="a1"):
+    from agentops_host import config
+    return config.load_agent(str(env.cfg), name)
+
+
+def test_success_after_failure_resolves_the_failure_alert(env, capsys):
+    env.age(46)
+    env.endpoint.token_status = 500
+    assert env.run("rotate") == 1
+    wait_for(lambda: env.hooks_with("Token rotation failed"), message="critical alert")
+    env.endpoint.token_status = 200
+    assert env.run("rotate") == 0
+    assert env.cred.read_text() == env.endpoint.next_token
+    wait_for(lambda: env.hooks_with("Token rotated: a1/api_token"), message="info confirmation")
+    assert env.state_of()["result"] == "ok"
+    resolved = wait_for(lambda: [h for h in env.hooks_with("rotate-failed:a1:api_token")
+                                 if json.loads(h).get("severity") == "resolved"], message="resolved notice")
+    assert len(resolved) == 1
+
+
+def test_credential_without_auth_check_is_accepted_and_says_so(env, capsys):
+    env.write_agent(checks=[])
+    env.age(46)
+    assert env.run("rotate") == 0
+    assert env.cred.read_text() == env.endpoint.next_token
+    assert "not validated" in env.state_of()["message"]
+    assert "not validated" in capsys.readouterr().out
+    assert env.endpoint.api_requests == []
+
+
+def test_inactive_and_disabled_agent_is_not_started(env, capsys):
+    (env.tmp / "active_rc").write_text("3")
+    env.age(46)
+    assert env.run("rotate") == 0
+    assert env.cred.read_text() == env.endpoint.next_token
+    assert env.restarts() == []
+    assert "not started" in env.state_of()["message"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
+def test_command_runs_as_the_agent_user_with_home_in_its_state_dir(env):
+    nobody = pwd.getpwnam("nobody")
+    env.write_agent(user="nobody", checks=[], rotation=[
+        {"credential": "api_token", "every_days": 45,
+         "command": "/bin/sh -c 'echo \"$(id -u):$(id -G):$HOME:$AGENTOPS_CREDENTIAL\"'"}])
+    env.age(46)
+    assert env.run("rotate") == 0
+    uid, groups, home, cred = env.cred.read_text().split(":")
+    assert uid == str(nobody.pw_uid)
+    assert "0" not in groups.split()  # root's groups are not inherited
+    assert home == str(env.state / "a1") and cred == "api_token"
+    assert env.cred.stat().st_uid == 0 and stat.S_IMODE(env.cred.stat().st_mode) == 0o600
+
+
+def test_current_token_reaches_the_command_on_stdin_only(env):
+    env.write_agent(checks=[], rotation=[
+        {"credential": "api_token", "every_days": 45, "command": "/bin/sh -c 'echo \"got-$(cat)\"'"}])
+    env.age(46)
+    assert env.run("rotate") == 0
+    assert env.cred.read_text() == "got-" + env.old
+
+
+def test_second_run_while_locked_exits_with_a_clear_message(env, capsys):
+    env.age(46)
+    lock_dir = env.state / "rotation"
+    lock_dir.mkdir(mode=0o700, exist_ok=True)
+    fd = os.open(str(lock_dir / ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        assert env.run("rotate") == rotate.EXIT_LOCKED
+        assert "another rotation is running" in capsys.readouterr().err
+        assert env.cred.read_text() == env.old and env.endpoint.token_requests == 0
+    finally:
+        os.close(fd)
+    assert env.run("rotate") == 0
+    assert env.cred.read_text() == env.endpoint.next_token
+
+
+def test_force_rotates_a_credential_that_is_not_due(env, capsys):
+    env.age(2)
+    assert env.run("rotate", "--force", "a1/api_token") == 0
+    assert env.cred.read_text() == env.endpoint.next_token
+    assert "forced" in env.state_of()["message"]
+
+
+@pytest.mark.parametrize("spec,message", [("a1", "AGENT/CREDENTIAL"), ("a1/other", "no token_rotation entry for other"),
+                                          ("ghost/api_token", "unknown agent")])
+def test_force_rejects_unknown_targets(env, capsys, spec, message):
+    rc = env.run("rotate", "--force", spec)
+    assert rc != 0
+    assert message in capsys.readouterr().err
+    assert env.cred.read_text() == env.old
+
+
+def test_list_shows_schedule_and_next_due(env, capsys):
+    env.age(40)
+    assert env.run("rotate", "--list") == 0
+    out = capsys.readouterr().out
+    due = time.strftime("%Y-%m-%d", time.localtime(os.stat(str(env.cred)).st_mtime + 45 * DAY))
+    lines = out.splitlines()
+    assert lines[0].split()[:3] == ["AGENT", "CREDENTIAL", "EVERY"]
+    assert "a1" in lines[1] and "api_token" in lines[1] and "never" in lines[1] and due in lines[1]
+    assert "(due)" not in lines[1]
+    assert env.run("rotate", "--list", "--json") == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data[0]["next_due"] == due and data[0]["due"] is False and data[0]["result"] == "never"
+    assert rotate.next_due(_args(env), _agent(env)) == due
+    # after a rotation the next due date moves 45 days ahead of today
+    assert env.run("rotate", "--force", "a1/api_token") == 0
+    capsys.readouterr()
+    assert env.run("rotate", "--list", "--json") == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data[0]["result"] == "ok" and data[0]["last_rotation"]
+    assert data[0]["next_due"] == time.strftime("%Y-%m-%d", time.localtime(time.time() + 45 * DAY))
+
+
+def test_overdue_after_every_days_plus_grace(env):
+    args, agent = _args(env), _agent(env)
+    env.age(51)
+    assert rotate.overdue(args, agent) == []
+    env.age(52.01)
+    found = rotate.overdue(args, agent)
+    assert len(found) == 1
+    key, title, body = found[0]
+    assert key == "rotation-overdue:a1:api_token" and "a1/api_token" in title and "45 days" in body
+    assert env.old not in body
+    # grace from agentops.json
+    cfg = json.loads((env.cfg / "agentops.json").read_text())
+    cfg["rotation"]["grace_days"] = 30
+    (env.cfg / "agentops.json").write_text(json.dumps(cfg))
+    assert rotate.overdue(args, agent) == []
+
+
+def test_next_due_is_the_earliest_of_the_agents_credentials(env):
+    other = env.cfg / "credentials" / "a1" / "second"
+    other.write_text("x")
+    env.write_agent(rotation=[
+        {"credential": "api_token", "every_days": 45, "command": "/bin/true"},
+        {"credential": "second", "every_days": 10, "command": "/bin/true"}])
+    env.age(1)
+    env.age(5, other)
+    expected = time.strftime("%Y-%m-%d", time.localtime(other.stat().st_mtime + 10 * DAY))
+    assert rotate.next_due(_args(env), _agent(env)) == expected
+    env.write_agent(rotation=[])
+    assert rotate.next_due(_args(env), _agent(env)) is None
+
+
+@pytest.mark.parametrize("every", ["*/45", 0, True, "45"])
+def test_invalid_every_days_on_the_host_is_refused_naming_the_agent(env, capsys, every):
+    env.write_agent(rotation=[{"credential": "api_token", "every_days": every, "command": "/bin/true"}])
+    env.age(100)
+    assert env.run("rotate") == 1
+    err = capsys.readouterr().err
+    assert "agent a1" in err and "every_days" in err
+    assert env.cred.read_text() == env.old
+
+
+def test_sigkill_during_swap_leaves_old_or_new_never_partial(env):
+    """Kill `agentops rotate --force` at random moments: the file is always one whole token."""
+    env.write_agent(checks=[], rotation=[
+        {"credential": "api_token", "every_days": 45,
+         "command": "/bin/sh -c 'head -c 3000 /dev/zero | tr \"\\\\0\" \"T\"; echo'"}])
+    new = "T" * 3000
+    valid = {env.old, new}
+    runner = [sys.executable, "-c",
+              "import sys; sys.path[:0] = [%r, %r]; from agentops_host import cli, rotate; "
+              "rotate.SYSTEMCTL = %r; sys.exit(cli.main(sys.argv[1:]))"
+              % (HOSTLIB, MODULE_UTILS_PARENT, rotate.SYSTEMCTL)] + env.base + ["rotate", "--force", "a1/api_token"]
+    seen = set()
+    for _ in range(30):
+        env.cred.write_text(env.old)
+        proc = subprocess.Popen(runner, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(random.uniform(0.0, 0.4))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        content = env.cred.read_text()
+        assert content in valid, "credential is neither the old nor the new token (%d bytes)" % len(content)
+        seen.add(content == new)
+        assert stat.S_IMODE(env.cred.stat().st_mode) == 0o600
+    # A later run cleans up temporary files left by a killed one.
+    env.cred.write_text(env.old)
+    assert env.run("rotate", "--force", "a1/api_token") == 0
+    assert env.cred.read_text() == new
+    assert sorted(os.listdir(str(env.cred.parent))) == ["api_token", "api_token.prev"]
