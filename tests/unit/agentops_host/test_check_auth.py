@@ -120,7 +120,7 @@ def test_rejected_token_exit_1_records_and_alerts(host, capsys, api):
     # the alert went out through the alert path (webhook on 127.0.0.1)
     assert len(api.posts) == 1, api.posts
     alert = api.posts[0]
-    assert alert["severity"] == "critical" and alert["key"] == "mail-triage/auth/graph"
+    assert alert["severity"] == "critical" and alert["key"] == "auth:mail-triage:graph"
     assert alert["agent"] == "mail-triage" and "HTTP 401" in alert["body"]
     assert CANARY not in json.dumps(api.posts)
     # a second failing start does not repeat the alert (de-duplicated by the alert path)
@@ -131,7 +131,7 @@ def test_rejected_token_exit_1_records_and_alerts(host, capsys, api):
     rc, out, _ = run_cli(host, capsys, "mail-triage")
     assert rc == 0, out
     assert len(api.posts) == 2 and api.posts[1]["severity"] == "resolved"
-    assert api.posts[1]["key"] == "mail-triage/auth/graph"
+    assert api.posts[1]["key"] == "auth:mail-triage:graph"
     assert check_auth.last_result(host, "mail-triage")["passed"] is True
 
 

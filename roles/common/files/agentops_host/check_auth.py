@@ -8,7 +8,7 @@ and run through ``agentops_lib.agentops_auth.run_check``, the same code as the
 The agent's unit runs this as ``ExecStartPre=+/usr/local/bin/agentops check-auth <agent>``:
 exit 0 when every check is AUTH_OK (or AUTH_EXPIRING without ``fail_on_expiring``),
 1 otherwise, so a session with a dead token does not start. A failing check raises a
-critical alert (key ``<agent>/auth/<check>``, the heartbeat's key for the same check) through the alert path; a check that
+critical alert (key ``auth:<agent>:<check>``, shared with the heartbeat's auth checks) through the alert path; a check that
 passes again resolves it. The last result per agent is kept in
 ``<state_dir>/.auth/<agent>.json`` (root, 0600, never the token) for ``agentops status``.
 
@@ -158,7 +158,7 @@ def _alert_module():
 
 def alert_key(agent_name, check_name):
     """The alert key of one check; the heartbeat raises and resolves the same key."""
-    return "%s/auth/%s" % (agent_name, check_name)
+    return "auth:%s:%s" % (agent_name, check_name)
 
 
 def raise_alerts(args, agent, results):
