@@ -23,7 +23,7 @@ if ! "$python" -c 'import venv, ensurepip' >/dev/null 2>&1; then
 fi
 echo "setup-venv: creating $venv with $("$python" --version 2>&1)"
 "$python" -m venv "$venv"
-"$venv/bin/python" -m pip install -q --upgrade pip
-"$venv/bin/python" -m pip install -q -r requirements.txt
+"$venv/bin/python" -m pip install -q --upgrade pip 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+"$venv/bin/python" -m pip install -q -r requirements.txt 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 echo "$want" > "$stamp"
 echo "setup-venv: done"

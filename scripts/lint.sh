@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Managed by the agentops.fleet collection: every static check of `make lint`.
+#  1. ansible-lint, production profile, zero violations
+#  2. the on-host command imports with the Python standard library alone
+#  3. ansible-test sanity on the plugins (scripts/sanity.sh)
+#  4. antsibull-changelog lint of the fragments
+#  5. ansible-galaxy collection build, and the tarball installs
+set -euo pipefail
+step() { printf '=== lint: %s\n' "$*"; }
+
+step "ansible-lint (production profile)"
+ansible-lint --offline --profile production
+
+step "on-host command: standard library only"
+hostlib=$(mktemp -d)
+trap 'rm -rf "$hostlib"' EXIT
+mkdir -p "$hostlib/agentops_lib"
+cp -r roles/common/files/agentops_host "$hostlib/"
+cp plugins/module_utils/*.py "$hostlib/agentops_lib/"
+# -I -S: no site-packages, no user paths: an import of anything outside the standard library fails here.
+PYTHONPATH= python3 -I -S - "$hostlib" <<'PY'
+import os, pkgutil, sys, importlib
+sys.path.insert(0, sys.argv[1])
+import agentops_host
+names = ["agentops_host." + m.name for m in pkgutil.iter_modules(agentops_host.__path__)]
+names += ["agentops_lib." + m[:-3] for m in os.listdir(os.path.join(sys.argv[1], "agentops_lib")) if m.endswith(".py") and m != "__init__.py"]
+for name in names:
+    importlib.import_module(name)
+print("imported %d modules: %s" % (len(names), ", ".join(sorted(names))))
+PY
+python3 -I -S -m py_compile roles/common/files/agentops
+
+if [ -x scripts/sanity.sh ]; then
+  step "ansible-test sanity (plugins)"
+  scripts/sanity.sh
+fi
+
+step "antsibull-changelog lint"
+antsibull-changelog lint
+
+step "ansible-galaxy collection build + install"
+out=.cache/build
+rm -rf "$out" && mkdir -p "$out"
+ansible-galaxy collection build --force --output-path "$out" . >/dev/null
+tarball=$(ls "$out"/agentops-fleet-*.tar.gz)
+ansible-galaxy collection install --force -p "$out/installed" "$tarball" >/dev/null
+test -f "$out/installed/ansible_collections/agentops/fleet/MANIFEST.json"
+echo "built and installed $(basename "$tarball") ($(du -k "$tarball" | cut -f1) KiB)"
+step "all lint checks passed"
