@@ -53,5 +53,15 @@ molecule: setup ## every Molecule scenario on both images (SCENARIO=name for one
 test: setup lint unit molecule ## THE test command: setup, lint, unit tests, all Molecule scenarios
 	@echo "make test: all checks passed"
 
+bench: setup collection ## converge time for 1/10/50 agents and 1/2/4 hosts, heartbeat CPU cost (table)
+	@$(BIN)/python bench/converge_bench.py --agents 1,10,50 --hosts 1,2,4
+
+demo: setup collection ## a two-host demo fleet in containers, and the failures it catches
+	@$(BIN)/python scripts/demo.py
+
+demo-clean: ## remove the demo containers
+	@ids=$$(docker ps -aq --filter label=agentops-demo=1); \
+	 if [ -n "$$ids" ]; then docker rm -f $$ids >/dev/null; echo "demo containers removed"; else echo "no demo containers"; fi
+
 clean: ## remove the venv, caches and built tarballs (keeps the images)
 	rm -rf $(VENV) .cache .pytest_cache tests/output agentops-fleet-*.tar.gz

@@ -5,6 +5,7 @@
 #  3. ansible-test sanity on the plugins (scripts/sanity.sh)
 #  4. antsibull-changelog lint of the fragments
 #  5. ansible-galaxy collection build, and the tarball installs
+#  6. execution-environment.yml renders a build context (ansible-builder create)
 set -euo pipefail
 step() { printf '=== lint: %s\n' "$*"; }
 
@@ -46,4 +47,11 @@ tarball=$(ls "$out"/agentops-fleet-*.tar.gz)
 ansible-galaxy collection install --force -p "$out/installed" "$tarball" >/dev/null
 test -f "$out/installed/ansible_collections/agentops/fleet/MANIFEST.json"
 echo "built and installed $(basename "$tarball") ($(du -k "$tarball" | cut -f1) KiB)"
+
+step "execution environment definition (ansible-builder create)"
+rm -rf "$out/ee" && mkdir -p "$out/ee"
+cp execution-environment.yml "$out/ee/" && cp "$tarball" "$out/ee/ee-collection.tar.gz"
+(cd "$out/ee" && ansible-builder create -f execution-environment.yml -c context >/dev/null)
+test -f "$out/ee/context/Dockerfile" -o -f "$out/ee/context/Containerfile"
+echo "build context written to $out/ee/context"
 step "all lint checks passed"
