@@ -32,12 +32,14 @@ description:
   - The token is never returned, logged or shown in messages, at any verbosity.
   - The module never changes anything; it runs in check mode too.
 author:
-  - agentops.fleet maintainers
+  - agentops.fleet maintainers (@agentops)
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: Checks only read state, so they run in check mode as well.
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
 options:
   name:
@@ -208,9 +210,9 @@ EXAMPLES = r"""
 RETURN = r"""
 status:
   description:
-    - C(AUTH_OK), C(AUTH_EXPIRING) (works, but expires within O(min_valid)), C(AUTH_FAILED) (the credential
+    - "C(AUTH_OK), C(AUTH_EXPIRING) (works, but expires within O(min_valid)), C(AUTH_FAILED) (the credential
       was rejected, expired, or the check found a problem) or C(AUTH_UNREACHABLE) (the service could not be
-      asked: timeout, connection or TLS error, C(429), C(5xx)).
+      asked: timeout, connection or TLS error, C(429), C(5xx))."
   returned: always
   type: str
   sample: AUTH_FAILED
