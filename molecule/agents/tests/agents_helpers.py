@@ -1,0 +1,78 @@
+"""Helpers of the agents scenario tests: the scenario's agent list, playbook runs on all hosts at once."""
+import copy
+import json
+import os
+import re
+import subprocess
+
+import testinfra
+import yaml
+
+SCENARIO = os.environ.get("MOLECULE_SCENARIO_DIRECTORY", os.path.dirname(os.path.dirname(__file__)))
+GROUP = "agentops_test"
+RECAP = re.compile(r"^(\S+)\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)"
+                   r"(?:\s+skipped=(\d+))?(?:\s+rescued=(\d+))?(?:\s+ignored=(\d+))?", re.M)
+
+
+def scenario_agents():
+    """A fresh copy of agentops_agents as the scenario's inventory defines it."""
+    with open(os.path.join(SCENARIO, "molecule.yml"), encoding="utf-8") as handle:
+        data = yaml.safe_load(handle)
+    return copy.deepcopy(data["provisioner"]["inventory"]["group_vars"][GROUP]["agentops_agents"])
+
+
+def agent(agents, name):
+    return next(a for a in agents if a["name"] == name)
+
+
+def fleet_run(playbook, extra_vars=None, check=False, diff=False, verbosity=0):
+    """Run a playbook of the scenario on every host at once (the hosts work in parallel).
+
+    Returns (rc, output, {host: recap}).
+    """
+    inventory = os.path.dirname(os.environ["MOLECULE_INVENTORY_FILE"])
+    cmd = ["ansible-playbook", "-i", inventory, "--limit", GROUP, os.path.join(SCENARIO, playbook)]
+    if check:
+        cmd.append("--check")
+    if diff:
+        cmd.append("--diff")
+    if verbosity:
+        cmd.append("-" + "v" * verbosity)
+    for key, value in (extra_vars or {}).items():
+        cmd += ["-e", json.dumps({key: value})]
+    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                          timeout=900, check=False)
+    recaps = {}
+    keys = ("ok", "changed", "unreachable", "failed", "skipped", "rescued", "ignored")
+    for match in RECAP.finditer(proc.stdout):
+        recaps[match.group(1)] = {k: int(v or 0) for k, v in zip(keys, match.groups()[1:])}
+    return proc.returncode, proc.stdout, recaps
+
+
+def all_hosts():
+    inventory = os.environ["MOLECULE_INVENTORY_FILE"]
+    return testinfra.get_hosts(["ansible://" + GROUP], ansible_inventory=inventory)
+
+
+def host_name(host):
+    return host.backend.host if hasattr(host.backend, "host") else str(host)
+
+
+def prop(host, unit, name):
+    return host.check_output("systemctl show --value -p %s %s", name, unit)
+
+
+def start_stamps(host, units):
+    return {u: prop(host, u, "ExecMainStartTimestampMonotonic") for u in units}
+
+
+def snapshot(host):
+    """Everything the role could change on a host: files (path, owner, mode, size, mtime) and unit states."""
+    files = host.check_output(
+        "find /etc/systemd/system /etc/agentops /var/lib/agentops /usr/local/bin /usr/local/lib/agentops "
+        "-printf '%%p %%u %%m %%s %%T@\\n' 2>/dev/null | sort")
+    units = host.check_output("systemctl show -p Id,ActiveState,ExecMainStartTimestampMonotonic "
+                              "'agentops-*.service' | sort")
+    users = host.check_output("getent passwd | sort")
+    return files, units, users

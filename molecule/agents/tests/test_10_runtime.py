@@ -1,0 +1,221 @@
+"""The agents role on a converged host: units, files, sandboxing, kill/restart behaviour, secrets."""
+import hashlib
+import json
+import os
+import re
+import time
+
+import testinfra.utils.ansible_runner
+
+from agents_helpers import prop
+
+testinfra_hosts = testinfra.utils.ansible_runner.AnsibleRunner(
+    os.environ["MOLECULE_INVENTORY_FILE"]).get_hosts("agentops_test")
+
+CANARY = "canary-5d41c7b2-never-print-me"
+RUNNING = ("net", "forker", "alpha", "beta", "gamma", "retiree")
+STOPPED = ("crasher", "authy")
+
+
+def wait_until(predicate, timeout, interval=0.2, message="condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError("timed out after %ss waiting for %s (last: %r)" % (timeout, message, value))
+        time.sleep(interval)
+
+
+def systemd_version(host):
+    return int(host.check_output("systemctl --version").split()[1])
+
+
+def unit_text(host, name):
+    return host.file("/etc/systemd/system/agentops-%s.service" % name).content_string
+
+
+def test_units_are_hardened_and_load_cleanly(host):
+    for name in RUNNING + STOPPED:
+        unit = host.file("/etc/systemd/system/agentops-%s.service" % name)
+        assert unit.user == "root" and unit.mode == 0o644
+        text = unit.content_string
+        assert text.startswith("# Managed by Ansible")
+        for directive in ("KillMode=control-group", "KillSignal=SIGTERM", "Restart=on-failure",
+                          "OnFailure=agentops-alert@%n.service", "StartLimitBurst=", "StartLimitIntervalSec=",
+                          "MemoryMax=", "CPUQuota=", "TasksMax=", "User=", "WorkingDirectory=/var/lib/agentops/"):
+            assert directive in text, (name, directive)
+        assert "ExecStopPost" not in text
+    # systemd accepts every directive it was given (no "Unknown key" or bad value warnings)
+    verify = host.run("systemd-analyze verify /etc/systemd/system/agentops-*.service")
+    assert verify.rc == 0 and "agentops-" not in verify.stdout + verify.stderr, verify.stdout + verify.stderr
+    # per-agent settings
+    assert "TimeoutStopSec=30" in unit_text(host, "alpha") and "RestartSec=10" in unit_text(host, "alpha")
+    assert "TimeoutStopSec=5" in unit_text(host, "forker")
+    assert "RestartSec=3" in unit_text(host, "beta") and "MemoryDenyWriteExecute=yes" in unit_text(host, "beta")
+    assert "MemoryDenyWriteExecute" not in unit_text(host, "alpha")  # the default profile lets runtimes JIT
+    assert "ProtectSystem" not in unit_text(host, "gamma")  # hardening: none
+    assert prop(host, "agentops-gamma.service", "User") == "agentops-gamma"
+    assert prop(host, "agentops-gamma.service", "TasksMax") == "64"
+    assert prop(host, "agentops-beta.service", "MemoryMax") == str(256 * 1024 * 1024)
+    assert prop(host, "agentops-crasher.service", "StartLimitBurst") == "3"
+
+
+def test_directives_follow_the_systemd_version(host):
+    version = systemd_version(host)
+    text = unit_text(host, "alpha")
+    assert ("MemoryKSM=no" in text) == (version >= 254), version
+    assert "ProtectProc=invisible" in text and "PrivateIPC=yes" in text
+    assert "# Sandbox: profile standard (systemd %d)" % version in text
+
+
+def test_auth_checks_run_before_every_start(host):
+    assert "ExecStartPre=+/usr/local/bin/agentops check-auth authy\n" in unit_text(host, "authy")
+    for name in RUNNING:
+        assert "ExecStartPre" not in unit_text(host, name)
+
+
+def test_users_directories_and_agent_documents(host):
+    user = host.user("agent-net")
+    assert user.shell in ("/usr/sbin/nologin", "/bin/false") and user.home == "/var/lib/agentops/net"
+    assert host.check_output("getent shadow agent-net | cut -d: -f2") in ("!", "*", "!*")
+    state = host.file("/var/lib/agentops/net")
+    assert state.is_directory and state.user == "agent-net" and state.mode == 0o700
+    agents_md = host.file("/var/lib/agentops/net/AGENTS.md").content_string
+    assert "WORKSTATE.md" in agents_md and "90%" in agents_md and "## Failure modes" in agents_md
+    assert "- **http**: Wait 60 seconds, retry once, then alert" in agents_md
+    workstate = host.file("/var/lib/agentops/net/WORKSTATE.md")
+    assert workstate.exists and workstate.user == "agent-net" and workstate.mode == 0o600
+    creds = host.file("/etc/agentops/credentials/net")
+    assert creds.user == "root" and creds.mode == 0o700
+    token = host.file("/etc/agentops/credentials/net/api_token")
+    assert token.user == "root" and token.mode == 0o600
+
+
+def test_agents_d_configuration(host):
+    conf = host.file("/etc/agentops/agents.d/net.json")
+    assert conf.user == "root" and conf.mode == 0o600
+    data = json.loads(conf.content_string)
+    assert data == {
+        "name": "net", "unit": "agentops-net.service", "user": "agent-net",
+        "state_dir": "/var/lib/agentops/net", "credentials_dir": "/etc/agentops/credentials/net",
+        "credentials": ["api_token"], "enabled": True, "state": "present", "auth_checks": [],
+        "heartbeat": {"interval": "1min", "max_silence": "10min", "progress": "file", "file": "heartbeat",
+                      "command": None, "active_hours": "00:00-23:59", "workstate_max_age": None},
+        "token_rotation": [],
+    }
+    authy = json.loads(host.file("/etc/agentops/agents.d/authy.json").content_string)
+    assert authy["enabled"] is False and authy["heartbeat"] is None
+    assert authy["token_rotation"] == [{"credential": "graph_token", "every_days": 45,
+                                        "command": "/opt/agentops-test/sleeper.py"}]
+    assert authy["auth_checks"][0]["credential"] == "graph_token"
+    assert CANARY not in host.check_output("cat /etc/agentops/agents.d/*.json")
+
+
+def _exposure(host, unit):
+    out = host.check_output("systemd-analyze security --no-pager %s", unit)
+    match = re.search(r"Overall exposure level for %s: (\d+\.\d+)" % re.escape(unit), out)
+    assert match, out[-500:]
+    return float(match.group(1))
+
+
+def test_sandbox_exposure_while_the_agent_talks_to_loopback(host):
+    wait_until(lambda: prop(host, "agentops-net.service", "ActiveState") == "active", 30, message="net active")
+    connections = wait_until(
+        lambda: host.run("cat /var/lib/agentops/net/connections").stdout.strip(), 30, message="a TCP connection")
+    assert int(connections) >= 1
+    log = host.file("/var/log/agentops-fake-endpoint/18080.jsonl").content_string
+    assert '"/agent/net/ping"' in log
+    for name in ("net", "alpha", "beta"):
+        unit = "agentops-%s.service" % name
+        assert prop(host, unit, "ActiveState") == "active"
+        level = _exposure(host, unit)
+        assert level <= 1.5, (unit, level)
+        # --threshold counts tenths: 15 means 1.5
+        assert host.run("systemd-analyze security --threshold=15 --no-pager %s", unit).rc == 0
+    assert prop(host, "agentops-net.service", "ActiveState") == "active"
+
+
+def test_canary_reaches_the_agent_and_nothing_else(host):
+    digest = hashlib.sha256(CANARY.encode()).hexdigest()
+    seen = wait_until(lambda: host.run("cat /var/lib/agentops/net/credential.sha256").stdout.strip(), 30,
+                      message="the agent read its credential")
+    assert seen == digest
+    requests = [json.loads(line) for line in host.file("/var/log/agentops-fake-endpoint/18080.jsonl")
+                .content_string.splitlines() if line.strip()]
+    assert any({k.lower(): v for k, v in r["headers"].items()}.get("x-credential-sha256") == digest
+               for r in requests if r["path"].startswith("/agent/net/ping"))
+    pid = prop(host, "agentops-net.service", "MainPID")
+    assert pid != "0"
+    for path in ("/proc/%s/environ" % pid, "/proc/%s/cmdline" % pid):
+        assert host.run("grep -c -a -F %s %s", CANARY, path).stdout.strip() == "0", path
+    assert "CREDENTIALS_DIRECTORY=/run/credentials/agentops-net.service" in \
+        host.check_output("tr '\\0' '\\n' < /proc/%s/environ", pid)
+    assert CANARY not in host.check_output("systemctl show agentops-net.service")
+    assert host.run("journalctl --no-pager -o verbose | grep -c -F %s", CANARY).stdout.strip() == "0"
+    assert host.run("grep -r -l -s -F %s /etc/systemd", CANARY).stdout.strip() == ""
+    hits = host.run("grep -r -l -s -F %s /etc /var /run /tmp /opt /root /home /srv /usr/local",
+                    CANARY).stdout.split()
+    assert sorted(hits) == ["/etc/agentops/credentials/net/api_token",
+                            "/run/credentials/agentops-net.service/api_token"], hits
+    for path in hits:
+        mode = int(host.check_output("stat -c %%a %s", path), 8)
+        assert mode & 0o077 == 0, (path, oct(mode))
+
+
+def _pids(host, user):
+    return host.run("pgrep -u %s", user).stdout.split()
+
+
+def test_stop_kills_the_whole_tree(host):
+    unit = "agentops-forker.service"
+    pids = dict(line.split("=") for line in wait_until(
+        lambda: host.run("cat /var/lib/agentops/forker/pids").stdout.split(), 30, message="forker pids"))
+    running = _pids(host, "agent-forker")
+    assert set(pids.values()) <= set(running), (pids, running)
+    # the stubborn child ignores SIGTERM, the runaway left its parent's session
+    sigign = int(host.check_output("awk '/^SigIgn/ {print $2}' /proc/%s/status", pids["stubborn"]), 16)
+    assert sigign & (1 << 14), hex(sigign)
+    sessions = {k: host.check_output("ps -o sid= -p %s", v).strip() for k, v in pids.items()}
+    assert sessions["runaway"] != sessions["main"]
+    timeout_stop = 5
+    started = time.monotonic()
+    host.run_test("systemctl stop %s", unit)
+    wait_until(lambda: not _pids(host, "agent-forker"), timeout_stop + 2 - (time.monotonic() - started),
+               interval=0.1, message="no forker process left")
+    elapsed = time.monotonic() - started
+    assert elapsed <= timeout_stop + 2, elapsed
+    for pid in pids.values():
+        assert not host.file("/proc/%s" % pid).exists
+    host.run_test("systemctl start %s", unit)
+    wait_until(lambda: len(_pids(host, "agent-forker")) >= 3, 30, message="forker running again")
+
+
+def test_sigkilled_agent_comes_back_after_restart_sec(host):
+    unit = "agentops-beta.service"
+    restart_sec = 3
+    old = prop(host, unit, "MainPID")
+    restarts = int(prop(host, unit, "NRestarts"))
+    assert old != "0"
+    host.run_test("kill -KILL %s", old)
+    killed = time.monotonic()
+    wait_until(lambda: prop(host, unit, "MainPID") not in ("0", old) and prop(host, unit, "ActiveState") == "active",
+               restart_sec + 8, interval=0.2, message="beta restarted")
+    elapsed = time.monotonic() - killed
+    assert elapsed >= restart_sec - 0.5, elapsed  # systemd waited RestartSec
+    assert int(prop(host, unit, "NRestarts")) == restarts + 1
+
+
+def test_crash_loop_hits_the_start_limit_and_fails(host):
+    unit = "agentops-crasher.service"
+    host.run("systemctl reset-failed %s", unit)
+    host.run("systemctl start %s", unit)
+    wait_until(lambda: prop(host, unit, "ActiveState") == "failed", 60, message="crasher failed")
+    assert prop(host, unit, "Result") == "start-limit-hit"
+    assert int(prop(host, unit, "NRestarts")) >= 2
+    assert prop(host, unit, "OnFailure") == "agentops-alert@agentops-crasher.service.service"
+    journal = host.check_output("journalctl --no-pager -u %s", unit)
+    assert "Start request repeated too quickly" in journal
+    assert "OnFailure=" in journal  # systemd triggered the alert handler
+    host.run_test("systemctl reset-failed %s", unit)
