@@ -371,3 +371,50 @@ def test_validate_check_accepts_contract_example():
              "credential": "graph_token", "expect_status": [200]}
     assert auth.validate_check(check) == []
     assert auth.validate_check(check, token_sources=("token", "token_file"))  # the module has no credential
+
+
+# ---------------------------------------------------------------- TLS
+
+@pytest.fixture(scope="module")
+def tls_api(tmp_path_factory):
+    """The same server behind TLS with a self-signed certificate for 127.0.0.1."""
+    import shutil
+    import ssl
+    import subprocess
+    if not shutil.which("openssl"):
+        pytest.skip("openssl is needed to make a test certificate")
+    directory = tmp_path_factory.mktemp("tls")
+    cert, key = str(directory / "cert.pem"), str(directory / "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+                    "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    server.daemon_threads = True
+    server.requests = []
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server.url = lambda path: "https://127.0.0.1:%d%s" % (server.server_address[1], path)
+    server.cert = cert
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_tls_verified_by_default(tls_api):
+    before = len(tls_api.requests)
+    result = auth.run_check({"name": "tls", "type": "http", "url": tls_api.url("/ok")}, token=CANARY)
+    assert result["status"] == "AUTH_UNREACHABLE"
+    assert "TLS verification of %s failed" % tls_api.url("/ok") in result["message"]
+    assert len(tls_api.requests) == before  # the token never went out over the unverified connection
+    no_secret(result, CANARY)
+
+
+def test_tls_with_ca_path_or_validate_certs_false(tls_api):
+    result = auth.run_check({"name": "tls", "type": "http", "url": tls_api.url("/ok"), "ca_path": tls_api.cert},
+                            token=CANARY)
+    assert result["status"] == "AUTH_OK", result
+    result = auth.run_check({"name": "tls", "type": "http", "url": tls_api.url("/unauthorized"),
+                             "validate_certs": False}, token=CANARY)
+    assert result["status"] == "AUTH_FAILED" and result["http_status"] == 401
