@@ -32,12 +32,14 @@ description:
     alert configuration are read into the result; secrets in it are never returned.
   - Reading C(/etc/agentops) and the agents' state directories needs root (C(become)).
 author:
-  - agentops.fleet maintainers
+  - agentops.fleet maintainers (@agentops)
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: The module only reads state, so it runs in check mode as well.
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
 options:
   units:
@@ -156,7 +158,7 @@ failed_items:
   elements: str
   sample: [heartbeat, log_retention]
 summary:
-  description: One line, for example C(7/9 passed; failed: heartbeat, log_retention).
+  description: "One line, for example C(7/9 passed; failed: heartbeat, log_retention)."
   returned: always
   type: str
 """
