@@ -271,7 +271,7 @@ def test_rerunning_the_playbook_keeps_the_rotated_token(host, run_playbook):
 ])
 def test_bad_input_is_refused_before_anything_changes(host, run_playbook, extra, message):
     before = sh(host, "sha256sum %s %s" % (CRON, CRED)).stdout
-    result = run_playbook(host, "converge.yml", extra_vars=extra, expect_fail=True)
+    result = run_playbook(host, "reject.yml", extra_vars=extra, expect_fail=True)
     assert message in result.output, result.output[-3000:]
     assert result.recap.get("changed", 0) == 0
     assert sh(host, "sha256sum %s %s" % (CRON, CRED)).stdout == before
