@@ -33,10 +33,10 @@ def header(text):
     say("\n%s== %s%s" % (BOLD, text, RESET))
 
 
-def run(cmd, check=True, capture=False, quiet=False):
+def run(cmd, check=True, capture=False, quiet=False, stdin=None):
     if not quiet:
         say("%s$ %s%s" % (DIM, " ".join(cmd), RESET))
-    proc = subprocess.run(cmd, check=False, text=True, cwd=ROOT,
+    proc = subprocess.run(cmd, check=False, text=True, cwd=ROOT, input=stdin,
                           stdout=subprocess.PIPE if capture else None,
                           stderr=subprocess.STDOUT if capture else None)
     if check and proc.returncode != 0:
@@ -112,6 +112,11 @@ def main_pid(host, agent):
 
 def demo_failures():
     results = []
+    for host, agent in (("agentops-demo-1", "mail-triage"), ("agentops-demo-2", "research")):
+        set_api_rules(host, [{"path": "^/v1/token$", "status": 200, "body": "demo-token-rotated"}])
+        dexec(host, "systemctl reset-failed agentops-%s.service; systemctl start agentops-%s.service"
+              % (agent, agent), check=False)
+        _wait_new_pid(host, agent, "0")
     host, agent = "agentops-demo-1", "mail-triage"
 
     header("1. The agent crashes, again and again (kill -9 of its main process)")
@@ -122,8 +127,11 @@ def demo_failures():
         pid = main_pid(host, agent)
         dexec(host, "kill -9 %s" % pid)
         say("  killed %s (pid %s); restarted as pid %s" % (agent, pid, _wait_new_pid(host, agent, pid)))
-    procs = dexec(host, "systemd-cgls --no-pager -u agentops-%s.service | grep -c -E 'demo-agent|sleep' || true" % agent)
-    say("  processes in its control group now: %s (agent + its child; no orphans left behind)" % procs.strip())
+    procs = dexec(host, "cat /sys/fs/cgroup/systemd$(systemctl show -P ControlGroup agentops-%s.service)/cgroup.procs"
+                        " 2>/dev/null | xargs -r ps -o comm= -p | sort | uniq -c | xargs" % agent, check=False).strip()
+    strays = dexec(host, "ps -u agent-%s -o pid= | wc -l" % agent, check=False).strip()
+    say("  its control group now holds: %s; processes of its user in total: %s (nothing orphaned by the kills)"
+        % (procs or "nothing", strays))
     hit = wait_alert(host, lambda a: a.get("agent") == agent and a.get("severity") in ("critical", "warning"),
                      90, since, started)
     results.append(("crash loop under Restart=", hit, time.monotonic() - started))
@@ -148,18 +156,33 @@ def demo_failures():
     say("The agent itself does not stop; the auth check in the heartbeat notices, and a restart")
     say("refuses to start a session with a dead token (ExecStartPre=agentops check-auth).")
     since, started = len(alerts(host)), time.monotonic()
-    dexec(host, "printf '%s' '[{\"path\": \"^/v1/\", \"status\": 401, \"body\": {\"error\": \"token revoked\"}}]'"
-                " > /etc/agentops-fake-endpoint/18080.json")
+    set_api_rules(host, [{"path": "^/v1/", "status": 401, "body": {"error": "token revoked"}}])
     hit = wait_alert(host, lambda a: a.get("agent") == agent and "auth" in (a.get("key") or ""), 90, since, started)
     results.append(("auth broken mid-session", hit, time.monotonic() - started))
-    restart = dexec(host, "systemctl restart agentops-%s.service 2>&1; systemctl is-active agentops-%s.service || true"
-                    % (agent, agent), check=False)
-    say("  systemctl restart -> %s" % restart.strip().splitlines()[-1])
-    say("  restoring the token endpoint")
-    dexec(host, "printf '%s' '[{\"path\": \"^/v1/token$\", \"status\": 200, \"body\": \"demo-token-rotated\"}]'"
-                " > /etc/agentops-fake-endpoint/18080.json; systemctl reset-failed agentops-%s.service;"
-                " systemctl start agentops-%s.service" % (agent, agent), check=False)
+    say("  systemctl restart agentops-%s.service, with the token still revoked:" % agent)
+    dexec(host, "systemctl restart --no-block agentops-%s.service" % agent, check=False)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        result = dexec(host, "systemctl show -P Result agentops-%s.service" % agent, check=False).strip()
+        if result not in ("", "success"):
+            break
+        time.sleep(0.5)
+    say("  unit result: %s; ExecStartPre said:" % result)
+    say("    " + dexec(host, "journalctl --no-pager -o cat -n 200 -u agentops-%s.service | grep -i auth | tail -n 1"
+                      % agent, check=False).strip())
+    say("  restoring the token endpoint; the next start passes the check")
+    set_api_rules(host, [{"path": "^/v1/token$", "status": 200, "body": "demo-token-rotated"}])
+    dexec(host, "systemctl reset-failed agentops-%s.service; systemctl start agentops-%s.service" % (agent, agent),
+          check=False)
+    say("  agentops-%s.service is %s" % (agent, dexec(host, "systemctl is-active agentops-%s.service" % agent,
+                                                           check=False).strip()))
     return results
+
+
+def set_api_rules(host, rules):
+    """Rewrite the response rules of the demo API on 127.0.0.1:18080 of that host."""
+    run(["docker", "exec", "-i", host, "sh", "-c", "cat > /etc/agentops-fake-endpoint/18080.json"],
+        quiet=True, capture=True, stdin=json.dumps(rules))
 
 
 def _wait_new_pid(host, agent, old, timeout=30):

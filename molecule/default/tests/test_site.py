@@ -1,0 +1,104 @@
+"""playbooks/site.yml end to end: every concern on a two-host inventory."""
+import json
+import os
+
+import pytest
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
+AGENTS = {
+    "agentops-default-debian12": ["mail-triage", "digest"],
+    "agentops-default-debian13": ["research"],
+}
+CANARIES = ["CANARY-default-mail-token-0451", "CANARY-default-digest-token-0452",
+            "CANARY-default-research-token-0453", "555001:CANARY-default-bot-token-never-shown"]
+
+
+def agents_of(host):
+    return AGENTS[host.backend.host]
+
+
+def endpoint_log(host, port):
+    out = host.run("cat /var/log/agentops-fake-endpoint/%d.jsonl 2>/dev/null", port).stdout
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def test_journald_policy(host):
+    merged = host.check_output("systemd-analyze cat-config systemd/journald.conf")
+    assert "SystemMaxUse=256M" in merged and "MaxRetentionSec=1week" in merged
+
+
+def test_agents_run_hardened_with_their_credentials(host, wait_for):
+    for name in agents_of(host):
+        unit = "agentops-%s.service" % name
+        assert host.service(unit).is_running, unit
+        show = host.check_output("systemctl show -p KillMode -p Restart -p OnFailure %s", unit)
+        assert "KillMode=control-group" in show and "Restart=on-failure" in show
+        assert "OnFailure=agentops-alert@%s" % unit in show
+        agents_md = host.file("/var/lib/agentops/%s/AGENTS.md" % name).content_string
+        assert "WORKSTATE.md" in agents_md and "Failure modes" in agents_md
+        assert host.file("/var/lib/agentops/%s/WORKSTATE.md" % name).exists
+    # The agents really call their API with the credential they got through LoadCredential=.
+    wait_for(lambda: {r["headers"].get("Authorization") for r in endpoint_log(host, 18080)
+                      if r["path"] == "/v1/work"} >= {"Bearer CANARY-default-%s" % t for t in []}
+             and any(r["path"] == "/v1/work" for r in endpoint_log(host, 18080)), 60,
+             message="the demo agents' API calls")
+
+
+def test_alert_path_reaches_both_channels(host, wait_for):
+    cfg = host.file("/etc/agentops/agentops.json")
+    assert cfg.user == "root" and cfg.mode == 0o600
+    assert host.file("/etc/systemd/system/agentops-alert@.service").exists
+    host.check_output("agentops alert --severity info --key default-site-test --title 'site.yml smoke alert'")
+    wait_for(lambda: any("site.yml smoke alert" in r["body"] for r in endpoint_log(host, 18090)), 60,
+             message="the webhook sink to receive the alert")
+    wait_for(lambda: any(r["path"].endswith("/sendMessage") and "site.yml smoke alert" in r["body"]
+                         for r in endpoint_log(host, 18091)), 60, message="the fake Telegram API to receive it")
+
+
+def test_heartbeat_and_status(host, wait_for):
+    timers = host.check_output("systemctl list-timers --all --no-legend 'agentops-heartbeat*'")
+    assert "agentops-heartbeat" in timers
+    status = json.loads(host.check_output("agentops status --json"))
+    rows = status if isinstance(status, list) else status.get("agents", [])
+    assert sorted(r["agent"] for r in rows) == sorted(agents_of(host))
+    assert all(r["active_state"] == "active" for r in rows), rows
+
+
+def test_auth_checked_at_session_start(host):
+    for name in agents_of(host):
+        pre = host.check_output("systemctl show -p ExecStartPre agentops-%s.service", name)
+        if name == "digest":
+            assert "check-auth" not in pre
+            continue
+        assert "check-auth %s" % name in pre
+        assert host.run("agentops check-auth %s", name).rc == 0
+
+
+def test_token_rotation_schedule(host):
+    listing = host.check_output("agentops rotate --list")
+    if "mail-triage" in agents_of(host):
+        cron = host.file("/etc/cron.d/agentops-token-rotation")
+        assert cron.exists and "agentops rotate" in cron.content_string
+        assert "mail-triage" in listing and "api_token" in listing
+    else:
+        assert not host.file("/etc/cron.d/agentops-token-rotation").exists
+
+
+def test_no_secret_outside_credential_files(host):
+    for canary in CANARIES:
+        assert host.run("journalctl --no-pager | grep -F -q -- %s", canary).rc == 1, "journal"
+        assert host.run("grep -r -F -l -- %s /etc/systemd /run/systemd/system 2>/dev/null", canary).rc == 1
+        world = host.run("find / -xdev -type f -perm -o=r -not -path '/proc/*' -not -path '/sys/*' "
+                         "-size -2M -print0 2>/dev/null | xargs -0 grep -F -l -- %s 2>/dev/null", canary)
+        assert world.stdout.strip() == "", world.stdout
+    for name in agents_of(host):
+        show = host.check_output("systemctl show agentops-%s.service", name)
+        assert not any(c in show for c in CANARIES)
+
+
+def test_converged_check_mode_and_verbose_output(host, run_playbook):
+    result = run_playbook(host, "converge.yml", check=True, diff=True, verbosity=3)
+    assert result.rc == 0, result.output[-3000:]
+    assert result.recap["changed"] == 0, result.output[-3000:]
+    for canary in CANARIES:
+        assert canary not in result.output, "a secret leaked into ansible-playbook -vvv --diff output"
