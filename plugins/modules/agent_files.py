@@ -149,12 +149,14 @@ options:
     default: []
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: partial
     details: Contents of I(secret_files) are never part of the diff.
 author:
-  - agentops.fleet maintainers
+  - agentops.fleet maintainers (@agentops)
 """
 
 EXAMPLES = r"""
@@ -372,7 +374,7 @@ def main():
                 mode=dict(type="str", default="0755"),
             )),
             files=dict(type="list", elements="dict", default=[], options=FILE_OPTIONS),
-            secret_files=dict(type="list", elements="dict", default=[],
+            secret_files=dict(type="list", elements="dict", default=[], no_log=False,
                               options=dict(FILE_OPTIONS, content=dict(type="str", required=True, no_log=True))),
             prune=dict(type="list", elements="dict", default=[], options=dict(
                 path=dict(type="path", required=True),

@@ -71,8 +71,9 @@ def snapshot(host):
     """Everything the role could change on a host: files (path, owner, mode, size, mtime) and unit states."""
     files = host.check_output(
         "find /etc/systemd/system /etc/agentops /var/lib/agentops /usr/local/bin /usr/local/lib/agentops "
-        "-printf '%%p %%u %%m %%s %%T@\\n' 2>/dev/null | sort")
-    units = host.check_output("systemctl show -p Id,ActiveState,ExecMainStartTimestampMonotonic "
-                              "'agentops-*.service' | sort")
+        "-printf '%p %u %m %s %T@\\n' 2>/dev/null | sort")
+    units = host.check_output(
+        "for u in $(systemctl list-units --all --plain --no-legend 'agentops-*.service' | awk '$2 == \"loaded\" {print $1}'); "
+        "do systemctl show -p Id,ActiveState,ExecMainStartTimestampMonotonic $u; done")
     users = host.check_output("getent passwd | sort")
     return files, units, users
