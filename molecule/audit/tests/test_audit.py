@@ -108,8 +108,9 @@ def test_units_deployed_otherwise_are_audited(host, run_playbook, tmp_path):
     assert result.rc == 0
     items = items_of(report)
     assert [a["unit"] for a in report["agents"]] == ["cron.service"]
-    assert items["kill_mode"]["passed"], items["kill_mode"]  # cron.service keeps the default KillMode
-    assert "cron.service: Restart=no" in items["restart"]["reason"]
+    # Debian's cron.service sets KillMode=process: a real finding on a unit this collection never touched
+    assert "cron.service: KillMode=process" in items["kill_mode"]["reason"]
+    assert "cron.service: RestartSec not set" in items["restart"]["reason"]  # Debian sets Restart=on-failure only
     assert "cron.service: OnFailure=(none)" in items["alert_path"]["reason"]
 
 
@@ -242,13 +243,15 @@ def test_audit_finds_regressions(host, run_playbook, tmp_path, wait_for):
     dropin_dir = "/etc/systemd/system/agentops-notes.service.d"
     agents_md = "/var/lib/agentops/notes/AGENTS.md"
     journald = "/etc/systemd/journald.conf.d/agentops.conf"
+    alert_config = "/etc/agentops/agentops.json"
     host.run_expect([0], "cp -p %s /root/AGENTS.md.audit-test" % agents_md)
     try:
-        host.run_expect([0], "mkdir -p %s && printf '[Unit]\\nOnFailure=\\n[Service]\\nKillMode=process\\n"
+        host.run_expect([0], "mkdir -p %s && printf '[Service]\\nKillMode=process\\n"
                              "Restart=always\\n' > %s/zz-audit-test.conf && systemctl daemon-reload"
                         % (dropin_dir, dropin_dir))
         host.run_expect([0], "systemctl stop agentops-heartbeat.timer")
         host.run_expect([0], "mv %s /root/journald-agentops.conf.audit-test" % journald)
+        host.run_expect([0], "mv %s /root/agentops.json.audit-test" % alert_config)
         host.run_expect([0], "printf '# Agent notes\\nDo the work.\\n## Failure modes\\n- **any tool**: stop\\n' > %s"
                         % agents_md)
         result, report = audit(run_playbook, host, tmp_path)
@@ -256,7 +259,7 @@ def test_audit_finds_regressions(host, run_playbook, tmp_path, wait_for):
         items = items_of(report)
         assert "agentops-notes.service: KillMode=process" in items["kill_mode"]["reason"]
         assert "agentops-notes.service: Restart=always" in items["restart"]["reason"]
-        assert "agentops-notes.service: OnFailure=(none)" in items["alert_path"]["reason"]
+        assert "no alert configuration: cannot read %s" % alert_config in items["alert_path"]["reason"]
         assert "agentops-heartbeat.timer is inactive" in items["heartbeat"]["reason"]
         assert "SystemMaxUse is not set" in items["log_retention"]["reason"]
         assert "agentops-notes.service: %s does not mention WORKSTATE.md" % agents_md in \
@@ -273,5 +276,6 @@ def test_audit_finds_regressions(host, run_playbook, tmp_path, wait_for):
         host.run("test -e /root/journald-agentops.conf.audit-test && mv /root/journald-agentops.conf.audit-test %s"
                  % journald)
         host.run("mv /root/AGENTS.md.audit-test %s" % agents_md)
+        host.run("test -e /root/agentops.json.audit-test && mv /root/agentops.json.audit-test %s" % alert_config)
     result, report = audit(run_playbook, host, tmp_path)
     assert report["passed"] is True, report["checklist"]
