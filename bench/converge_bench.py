@@ -14,6 +14,7 @@ Not a test: nothing is asserted, figures depend on the machine and its load.
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -95,6 +96,9 @@ def environment():
     env.setdefault("ANSIBLE_COLLECTIONS_PATH", os.path.join(ROOT, ".cache", "collections"))
     env.setdefault("ANSIBLE_CONFIG", os.path.join(ROOT, "ansible.cfg"))
     env["ANSIBLE_NOCOLOR"] = "1"
+    # per-task times, to tell the agents role's own share from the common role and the machine's load
+    env["ANSIBLE_CALLBACKS_ENABLED"] = "ansible.posix.profile_tasks"
+    env["PROFILE_TASKS_TASK_OUTPUT_LIMIT"] = "all"
     env["ANSIBLE_FORKS"] = "20"
     return env
 
@@ -111,7 +115,9 @@ def converge(inventory, env, logfile):
                                                                             proc.stdout[-3000:]))
     changed = sum(int(part.split("=")[1]) for line in proc.stdout.splitlines() if " : ok=" in line
                   for part in line.split() if part.startswith("changed="))
-    return elapsed, changed
+    role = sum(float(m.group(1)) for m in re.finditer(r"^agentops\.fleet\.agents : .*?-+ (\d+\.\d+)s$",
+                                                       proc.stdout, re.M))
+    return elapsed, changed, role
 
 
 def measure(agents, hosts, image, env, workdir):
@@ -122,21 +128,23 @@ def measure(agents, hosts, image, env, workdir):
         create(names, image)
         inventory = write_inventory(workdir, names, generated_agents(agents))
         log("   first run ...")
-        first, changed_first = converge(inventory, env, logfile)
+        first, changed_first, role_first = converge(inventory, env, logfile)
         log("   second run ...")
-        second, changed_second = converge(inventory, env, logfile)
+        second, changed_second, role_second = converge(inventory, env, logfile)
     finally:
         destroy(names)
     return {"agents": agents, "hosts": hosts, "first": first, "second": second,
-            "changed_first": changed_first, "changed_second": changed_second}
+            "changed_first": changed_first, "changed_second": changed_second,
+            "role_first": role_first, "role_second": role_second}
 
 
 def table(rows, per):
-    lines = ["| agents | hosts | first run (s) | second run (s) | changed on 2nd run |",
-             "| ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| agents | hosts | first run (s) | second run (s) | agents role tasks, 1st / 2nd (s) | changed on 2nd run |",
+             "| ---: | ---: | ---: | ---: | ---: | ---: |"]
     for row in rows:
-        lines.append("| %d | %d | %.1f | %.1f | %d |" % (row["agents"], row["hosts"], row["first"], row["second"],
-                                                          row["changed_second"]))
+        lines.append("| %d | %d | %.1f | %.1f | %.1f / %.1f | %d |" % (
+            row["agents"], row["hosts"], row["first"], row["second"], row["role_first"], row["role_second"],
+            row["changed_second"]))
     if len(rows) > 1:
         a, b = rows[0], rows[-1]
         steps = b[per] - a[per]

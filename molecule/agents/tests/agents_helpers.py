@@ -68,10 +68,14 @@ def start_stamps(host, units):
 
 
 def snapshot(host):
-    """Everything the role could change on a host: files (path, owner, mode, size, mtime) and unit states."""
+    """What the role could change on a host: its files (path, owner, mode, size, mtime), the state
+    directories (owner, mode), the agent units' states and the users. Files the agents write
+    themselves (heartbeat, connections, ...) are left out: they change all the time."""
     files = host.check_output(
-        "find /etc/systemd/system /etc/agentops /var/lib/agentops /usr/local/bin /usr/local/lib/agentops "
-        "-printf '%p %u %m %s %T@\\n' 2>/dev/null | sort")
+        "{ find /etc/systemd/system /etc/agentops /usr/local/bin/agentops /usr/local/lib/agentops "
+        "-printf '%p %u %m %s %T@\\n'; "
+        "find /var/lib/agentops -maxdepth 2 \\( -name AGENTS.md -o -name WORKSTATE.md \\) -printf '%p %u %m %s %T@\\n'; "
+        "find /var/lib/agentops -maxdepth 1 -type d -printf '%p %u %m\\n'; } 2>/dev/null | sort")
     units = host.check_output(
         "for u in $(systemctl list-units --all --plain --no-legend 'agentops-*.service' | awk '$2 == \"loaded\" {print $1}'); "
         "do systemctl show -p Id,ActiveState,ExecMainStartTimestampMonotonic $u; done")
