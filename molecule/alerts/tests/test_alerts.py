@@ -108,7 +108,7 @@ def test_crash_loop_under_restart_alerts_both_receivers_then_resolves_once(host,
         tg = wait_for(lambda: telegram(host, start, key="loop/crashloop", severity="critical"), 30,
                       message="crash loop alert at telegram")
         assert tg[0]["chat_id"] == "-100777" and tg[0]["parse_mode"] == "HTML"
-        assert "crash looping" in tg[0]["text"]
+        assert "crash" in tg[0]["text"]       # heartbeat: "crash looping"; systemd >= 254 OnFailure=: "crashed"
         assert hooks[0]["unit"] == "agentops-loop.service" and hooks[0]["agent"] == "loop"
         assert "NRestarts=" in hooks[0]["title"]
         heartbeat_runs(host, "loop", 2, wait_for)
@@ -237,6 +237,8 @@ def _fingerprint(host):
 @pytest.mark.parametrize("extra_vars, message", BAD_INPUT, ids=[m.split(" ")[0].split(":")[0] + "-%d" % i
                                                                  for i, (_, m) in enumerate(BAD_INPUT)])
 def test_bad_input_is_rejected_before_any_change(host, run_playbook, extra_vars, message):
+    if host.backend.host != testinfra_hosts[0]:
+        pytest.skip("validation runs on the controller: once is enough")
     before = _fingerprint(host)
     result = run_playbook(host, "validate.yml", extra_vars=extra_vars, expect_fail=True)
     assert message in result.output, result.output[-3000:]

@@ -523,14 +523,30 @@ def down_key(agent, unit):
     return "%s/down" % agent if agent else "unit/%s/down" % unit
 
 
+def crashloop_key(agent, unit):
+    """The key of "the agent keeps crashing and Restart= keeps restarting it" (heartbeat and failure)."""
+    return "%s/crashloop" % agent if agent else "unit/%s/crashloop" % unit
+
+
 def failure(args, unit):
+    """Alert on a unit that entered the failed state (the body of ``agentops-alert@.service``).
+
+    When the unit stays failed (start limit hit, or no ``Restart=``) this is ``<agent>/down``
+    and always sent. systemd 254 and later also run ``OnFailure=`` for failures that
+    ``Restart=`` recovers from; the unit is then already restarting or running again, and the
+    message goes to ``<agent>/crashloop`` (de-duplicated like the heartbeat's crash loop alert).
+    """
     props = systemd.show(unit)
     tail = systemd.journal_tail(unit, JOURNAL_LINES)
     agent = agent_of_unit(args, unit)
     result = props.get("Result") or "unknown"
     restarts = props.get("NRestarts") or "0"
     since = props.get("InactiveEnterTimestamp") or props.get("StateChangeTimestamp") or "unknown"
-    title = "%s failed (Result=%s, NRestarts=%s)" % (unit, result, restarts)
+    final = props.get("ActiveState") in ("failed", "inactive", None)
+    if final:
+        title = "%s failed (Result=%s, NRestarts=%s)" % (unit, result, restarts)
+    else:
+        title = "%s crashed and is being restarted by Restart= (NRestarts=%s)" % (unit, restarts)
     body = "\n".join([
         "Unit: %s" % unit,
         "Result: %s" % result,
@@ -543,7 +559,9 @@ def failure(args, unit):
         "Last %d journal lines:" % JOURNAL_LINES,
         tail,
     ])
-    return emit(args, "critical", down_key(agent, unit), title, body, agent=agent, unit=unit, force=True)
+    if final:
+        return emit(args, "critical", down_key(agent, unit), title, body, agent=agent, unit=unit, force=True)
+    return emit(args, "critical", crashloop_key(agent, unit), title, body, agent=agent, unit=unit)
 
 
 # --------------------------------------------------------------------------- CLI

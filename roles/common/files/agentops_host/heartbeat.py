@@ -236,7 +236,7 @@ class Checker:
 
     def check_crashloop(self, agent, props, hbstate, now, restarts):
         name, unit = agent["name"], agent["unit"]
-        key = "%s/crashloop" % name
+        key = alert.crashloop_key(name, unit)
         previous = hbstate.get("nrestarts")
         if previous is not None and restarts > int(previous):
             hbstate["last_restart_seen"] = now
