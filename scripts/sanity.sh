@@ -11,8 +11,9 @@
 # interpreter's own ensurepip, then installs the pinned requirements through the
 # configured package index. Its HOME is the temporary tree, nothing is left behind.
 #
-# usage: scripts/sanity.sh [extra ansible-test sanity options]
+# usage: scripts/sanity.sh [extra ansible-test sanity options and targets]
 # env:   ANSIBLE_TEST (default .venv/bin/ansible-test), SANITY_PYTHON (default 3.11),
+#        SANITY_TARGETS (default plugins/: the modules, module_utils and filters),
 #        SANITY_TESTS (default: validate-modules pylint import compile ansible-doc
 #        use-argspec-type-path no-assert replace-urlopen shebang line-endings
 #        no-smart-quotes empty-init runtime-metadata)
@@ -21,6 +22,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 ansible_test=${ANSIBLE_TEST:-$root/.venv/bin/ansible-test}
 python_version=${SANITY_PYTHON:-3.11}
+targets=${SANITY_TARGETS-plugins/}
 tests=${SANITY_TESTS:-validate-modules pylint import compile ansible-doc use-argspec-type-path no-assert
   replace-urlopen shebang line-endings no-smart-quotes empty-init runtime-metadata}
 
@@ -86,10 +88,10 @@ for test in $tests; do
   test_args+=(--test "$test")
 done
 
-echo "sanity: ansible-test sanity on $namespace.$name (python $python_version): $tests"
+echo "sanity: ansible-test sanity on $namespace.$name ${targets:-(everything)} (python $python_version): $tests"
 cd "$tree"
 set +e
-HOME="$work/home" "$ansible_test" sanity --local --python "$python_version" --color no "${test_args[@]}" "$@"
+HOME="$work/home" "$ansible_test" sanity --local --python "$python_version" --color no "${test_args[@]}" "$@" $targets
 rc=$?
 set -e
 if [ "$rc" -ne 0 ]; then

@@ -19,6 +19,8 @@ API_RULES = "/etc/agentops-fake-endpoint/18090.json"
 API_LOG = "/var/log/agentops-fake-endpoint/18090.jsonl"
 HOOK_LOG = "/var/log/agentops-fake-endpoint/18091.jsonl"
 URL = "http://127.0.0.1:18090/v1.0/me"
+# One result per line: messages are asserted verbatim, not as wrapped YAML.
+JSON_OUTPUT = {"ANSIBLE_CALLBACK_RESULT_FORMAT": "json"}
 
 
 def set_api(host, status):
@@ -82,7 +84,7 @@ def test_10_agent_started_after_passing_check(host, wait_for):
 
 
 def test_20_check_mode_diff_vvv_pass_and_show_no_token(host, run_playbook):
-    rc, out, recap = run_playbook(host, "converge.yml", check=True, diff=True, verbosity=3)
+    rc, out, recap = run_playbook(host, "converge.yml", check=True, diff=True, verbosity=3, env=JSON_OUTPUT)
     assert rc == 0, out[-3000:]
     assert recap["changed"] == 0, out[-3000:]
     assert "agent mailer, AUTH_OK: auth check 'graph' OK" in out
@@ -92,7 +94,7 @@ def test_20_check_mode_diff_vvv_pass_and_show_no_token(host, run_playbook):
 def test_30_rejected_token_fails_the_deploy_with_the_check_message(host, run_playbook):
     set_api(host, 401)
     before = len(api_tokens(host))
-    rc, out, recap = run_playbook(host, "auth_only.yml", verbosity=3, expect_fail=True)
+    rc, out, recap = run_playbook(host, "auth_only.yml", verbosity=3, expect_fail=True, env=JSON_OUTPUT)
     assert recap["failed"] == 1, out[-3000:]
     assert ("agent mailer: auth check 'graph' FAILED: GET %s answered HTTP 401 Unauthorized (expected 200): "
             "the credential is expired, revoked or wrong" % URL) in out
@@ -136,7 +138,7 @@ def test_50_fixed_token_next_start_succeeds_and_resolves(host, wait_for, run_pla
     assert json.loads(host.file("/var/lib/agentops/.auth/mailer.json").content_string)["passed"] is True
     # the role checks the token the host holds (rotated), not the inventory's
     before = len(api_tokens(host))
-    rc, out, _ = run_playbook(host, "auth_only.yml", verbosity=3)
+    rc, out, _ = run_playbook(host, "auth_only.yml", verbosity=3, env=JSON_OUTPUT)
     assert rc == 0, out[-3000:]
     assert api_tokens(host)[before:] == ["Bearer " + ROTATED]
     assert ROTATED not in out and CANARY not in out
@@ -158,7 +160,7 @@ def test_60_bad_input_is_rejected_before_anything_runs(host, run_playbook):
     ]
     for extra, words in cases:
         before = len(api_tokens(host))
-        rc, out, recap = run_playbook(host, "auth_only.yml", extra_vars=extra, expect_fail=True)
+        rc, out, recap = run_playbook(host, "auth_only.yml", extra_vars=extra, expect_fail=True, env=JSON_OUTPUT)
         assert recap["failed"] == 1, out[-3000:]
         for word in words:
             assert word in out, (extra, word, out[-3000:])
