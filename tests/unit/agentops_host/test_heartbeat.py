@@ -14,7 +14,6 @@ import time
 import pytest
 
 from agentops_host import heartbeat
-from agentops_host import status
 
 from test_alert_helpers import make_args, recorder, webhook_channel, write_config  # noqa: F401  (fixture)
 
@@ -197,29 +196,3 @@ def test_removed_agent_alerts_are_resolved(tmp_path, recorder, units):
     os.unlink(os.path.join(args.config_dir, "agents.d", "old.json"))
     assert run_heartbeat(args) == 0
     assert [b["severity"] for b in recorder.bodies()] == ["critical", "resolved"]
-
-
-def test_status_json_and_table(tmp_path, recorder, units, capsys):
-    args = make_args(tmp_path)
-    write_config(args, [webhook_channel(recorder)])
-    agent = add_agent(args, "st", max_silence="30s")
-    units(agent["unit"], restarts=2, started_ago=100)
-    touch(os.path.join(agent["state_dir"], "heartbeat"), ago=50)
-    assert run_heartbeat(args) == 0
-    args.json = True
-    assert status._cmd_status(args) == 0
-    rows = json.loads(capsys.readouterr().out)
-    assert len(rows) == 1
-    row = rows[0]
-    for field in ("agent", "unit", "active_state", "sub_state", "uptime_seconds", "restarts",
-                  "last_progress_age_seconds", "auth", "next_rotation", "open_alerts"):
-        assert field in row
-    assert row["agent"] == "st" and row["restarts"] == 2 and row["active_state"] == "active"
-    assert 95 <= row["uptime_seconds"] <= 130
-    assert 45 <= row["last_progress_age_seconds"] <= 80
-    assert [a["key"] for a in row["open_alerts"]] == ["st/silent"]
-    args.json = False
-    assert status._cmd_status(args) == 0
-    table = capsys.readouterr().out
-    assert table.splitlines()[0].split()[:3] == ["AGENT", "ACTIVE", "UPTIME"]
-    assert "critical:silent" in table
