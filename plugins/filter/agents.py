@@ -43,7 +43,7 @@ AGENT_KEYS = (
 HEARTBEAT_KEYS = ("interval", "max_silence", "progress", "file", "command", "active_hours", "workstate_max_age")
 AUTH_KEYS = ("name", "type", "url", "method", "headers", "credential", "username", "expect_status", "timeout",
              "validate_certs", "min_valid", "fail_on_expiring", "command", "expect_regex", "path", "max_age")
-ROTATION_KEYS = ("credential", "every_days", "command")
+ROTATION_KEYS = ("credential", "every_days", "command", "timeout")
 FAILURE_MODE_KEYS = ("tool", "on_failure")
 
 HEARTBEAT_DEFAULTS = {"interval": "5min", "max_silence": "30min", "progress": "journal", "file": "heartbeat",
@@ -215,6 +215,10 @@ def _check_rotation(errors, where, rotations, credentials):
                 errors.add(here + ".every_days", "%r must be an integer >= 1 (days)" % (entry["every_days"],))
         if not _abs_command(entry.get("command")):
             errors.add(here + ".command", "required: the command (an absolute path) that prints the new token")
+        if "timeout" in entry:
+            seconds = _as_int(entry["timeout"])
+            if seconds is None or seconds < 1:
+                errors.add(here + ".timeout", "%r must be a whole number of seconds >= 1" % (entry["timeout"],))
 
 
 def _check_agent(errors, agent, index, names):
@@ -361,8 +365,8 @@ def agents_normalize(agents, defaults):
             "auth_checks": agent.get("auth_checks") or [],
             "heartbeat": heartbeat,
             "token_rotation": [
-                {"credential": r["credential"], "every_days": _as_int(r.get("every_days", defaults["every_days"])),
-                 "command": r["command"]}
+                dict({"credential": r["credential"], "every_days": _as_int(r.get("every_days", defaults["every_days"])),
+                      "command": r["command"]}, **({"timeout": _as_int(r["timeout"])} if "timeout" in r else {}))
                 for r in agent.get("token_rotation") or []
             ],
             "failure_modes": agent.get("failure_modes") or [],

@@ -89,3 +89,13 @@ def test_systemctl_show_parsing():
     text = "Id=a.service\nActiveState=active\n\nId=b.service\nLoadState=not-found\n"
     assert systemctl_show(text) == {"a.service": {"Id": "a.service", "ActiveState": "active"},
                                     "b.service": {"Id": "b.service", "LoadState": "not-found"}}
+
+
+def test_rotation_timeout_is_validated_and_kept():
+    from ansible_collections.agentops.fleet.plugins.filter.agents import agents_errors, agents_normalize
+    base = {"name": "rot", "command": "/bin/true", "credentials": {"tok": "x"},
+            "token_rotation": [{"credential": "tok", "command": "/bin/echo", "timeout": 30}]}
+    assert agents_errors([base]) == []
+    bad = dict(base, token_rotation=[{"credential": "tok", "command": "/bin/echo", "timeout": "soon"}])
+    errors = agents_errors([bad])
+    assert any("agentops_agents[rot].token_rotation[tok].timeout" in e for e in errors), errors
