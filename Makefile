@@ -54,7 +54,8 @@ test: setup lint unit molecule ## THE test command: setup, lint, unit tests, all
 	@echo "make test: all checks passed"
 
 bench: setup collection ## converge time for 1/10/50 agents and 1/2/4 hosts, heartbeat CPU cost (table)
-	@$(BIN)/python bench/converge_bench.py --agents 1,10,50 --hosts 1,2,4
+	@$(BIN)/python bench/converge_bench.py --agents 1,10,50 --hosts 1
+	@$(BIN)/python bench/converge_bench.py --agents 1 --hosts 1,2,4
 
 demo: setup collection ## a two-host demo fleet in containers, and the failures it catches
 	@$(BIN)/python scripts/demo.py

@@ -131,20 +131,38 @@ def measure(agents, hosts, image, env, workdir):
         first, changed_first, role_first = converge(inventory, env, logfile)
         log("   second run ...")
         second, changed_second, role_second = converge(inventory, env, logfile)
+        log("   one run of agentops heartbeat ...")
+        heartbeat_cpu, heartbeat_wall = heartbeat_cost(names[0])
     finally:
         destroy(names)
     return {"agents": agents, "hosts": hosts, "first": first, "second": second,
             "changed_first": changed_first, "changed_second": changed_second,
-            "role_first": role_first, "role_second": role_second}
+            "role_first": role_first, "role_second": role_second,
+            "heartbeat_cpu": heartbeat_cpu, "heartbeat_wall": heartbeat_wall}
+
+
+HEARTBEAT_PROBE = (
+    "import resource, subprocess, time\n"
+    "t = time.monotonic()\n"
+    "subprocess.run(['/usr/local/bin/agentops', 'heartbeat'], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
+    "r = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+    "print('%.3f %.3f' % (r.ru_utime + r.ru_stime, time.monotonic() - t))\n")
+
+
+def heartbeat_cost(name):
+    """CPU seconds (user + system, the command and its children) and wall seconds of one heartbeat run."""
+    out = docker("exec", name, "python3", "-c", HEARTBEAT_PROBE).stdout.split()
+    return float(out[0]), float(out[1])
 
 
 def table(rows, per):
-    lines = ["| agents | hosts | first run (s) | second run (s) | agents role tasks, 1st / 2nd (s) | changed on 2nd run |",
-             "| ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| agents | hosts | first run (s) | second run (s) | agents role tasks, 1st / 2nd (s) | changed on 2nd run |"
+             " heartbeat CPU / wall (s) |",
+             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for row in rows:
-        lines.append("| %d | %d | %.1f | %.1f | %.1f / %.1f | %d |" % (
+        lines.append("| %d | %d | %.1f | %.1f | %.1f / %.1f | %d | %.2f / %.2f |" % (
             row["agents"], row["hosts"], row["first"], row["second"], row["role_first"], row["role_second"],
-            row["changed_second"]))
+            row["changed_second"], row["heartbeat_cpu"], row["heartbeat_wall"]))
     if len(rows) > 1:
         a, b = rows[0], rows[-1]
         steps = b[per] - a[per]
