@@ -5,6 +5,10 @@ import os
 import pytest
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
+TOKENS = {
+    "agentops-default-debian12": {"CANARY-default-mail-token-0451", "CANARY-default-digest-token-0452"},
+    "agentops-default-debian13": {"CANARY-default-research-token-0453"},
+}
 AGENTS = {
     "agentops-default-debian12": ["mail-triage", "digest"],
     "agentops-default-debian13": ["research"],
@@ -18,7 +22,7 @@ def agents_of(host):
 
 
 def endpoint_log(host, port):
-    out = host.run("cat /var/log/agentops-fake-endpoint/%d.jsonl 2>/dev/null", port).stdout
+    out = host.run("cat /var/log/agentops-fake-endpoint/%s.jsonl 2>/dev/null" % int(port)).stdout
     return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
@@ -38,10 +42,10 @@ def test_agents_run_hardened_with_their_credentials(host, wait_for):
         assert "WORKSTATE.md" in agents_md and "Failure modes" in agents_md
         assert host.file("/var/lib/agentops/%s/WORKSTATE.md" % name).exists
     # The agents really call their API with the credential they got through LoadCredential=.
+    expected = {"Bearer " + token for token in TOKENS[host.backend.host]}
     wait_for(lambda: {r["headers"].get("Authorization") for r in endpoint_log(host, 18080)
-                      if r["path"] == "/v1/work"} >= {"Bearer CANARY-default-%s" % t for t in []}
-             and any(r["path"] == "/v1/work" for r in endpoint_log(host, 18080)), 60,
-             message="the demo agents' API calls")
+                      if r["path"] == "/v1/work"} >= expected, 60,
+             message="every agent's API call with its own credential")
 
 
 def test_alert_path_reaches_both_channels(host, wait_for):
@@ -88,7 +92,9 @@ def test_no_secret_outside_credential_files(host):
     for canary in CANARIES:
         assert host.run("journalctl --no-pager | grep -F -q -- %s", canary).rc == 1, "journal"
         assert host.run("grep -r -F -l -- %s /etc/systemd /run/systemd/system 2>/dev/null", canary).rc == 1
+        # The fake API's request log records the Authorization headers it received on purpose.
         world = host.run("find / -xdev -type f -perm -o=r -not -path '/proc/*' -not -path '/sys/*' "
+                         "-not -path '/var/log/agentops-fake-endpoint/*' "
                          "-size -2M -print0 2>/dev/null | xargs -0 grep -F -l -- %s 2>/dev/null", canary)
         assert world.stdout.strip() == "", world.stdout
     for name in agents_of(host):
