@@ -48,6 +48,12 @@ ansible-galaxy collection build --force --output-path "$out" . >/dev/null
 tarball=$(ls "$out"/agentops-fleet-*.tar.gz)
 ansible-galaxy collection install --force -p "$out/installed" "$tarball" >/dev/null
 test -f "$out/installed/ansible_collections/agentops/fleet/MANIFEST.json"
+# The playbooks work by collection name from the installed tarball.
+for playbook in site status audit; do
+  ANSIBLE_COLLECTIONS_PATH="$PWD/$out/installed" ansible-playbook -i inventories/demo \
+    "agentops.fleet.$playbook" --syntax-check >/dev/null
+done
+echo "agentops.fleet.site, .status and .audit pass --syntax-check from the installed collection"
 echo "built and installed $(basename "$tarball") ($(du -k "$tarball" | cut -f1) KiB)"
 
 step "execution environment definition (ansible-builder create)"
