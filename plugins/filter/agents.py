@@ -15,8 +15,9 @@ import re
 
 try:
     from ansible_collections.agentops.fleet.plugins.module_utils.agentops_timespan import parse_timespan
+    from ansible_collections.agentops.fleet.plugins.module_utils.agentops_systemd import parse_show
 except ImportError:  # pragma: no cover - the role is always used from the collection
-    parse_timespan = None
+    parse_timespan = parse_show = None
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,39}\Z")
 USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}\Z")
@@ -388,16 +389,7 @@ def agents_normalize(agents, defaults):
 
 def systemctl_show(text):
     """Parse `systemctl show -p ... unit...` output into {Id: {Property: value}}."""
-    units = {}
-    for block in re.split(r"\n\s*\n", text or ""):
-        props = {}
-        for line in block.splitlines():
-            if "=" in line:
-                key, value = line.split("=", 1)
-                props[key] = value
-        if props.get("Id"):
-            units[props["Id"]] = props
-    return units
+    return parse_show(text)
 
 
 class FilterModule(object):

@@ -169,6 +169,7 @@ import os
 import re
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.agentops.fleet.plugins.module_utils.agentops_systemd import parse_show
 
 ITEMS = (
     ("kill_mode", "KillMode=control-group on every agent unit"),
@@ -194,20 +195,6 @@ NO_AGENT = "no agent unit found (no agentops-*.service, nothing in agents.d, no 
 
 
 # ---------------------------------------------------------------- parsers (pure)
-
-def parse_show(text):
-    """`systemctl show -p ... unit...` output -> {Id: {Property: value}} (blocks separated by blank lines)."""
-    units = {}
-    for block in re.split(r"\n\s*\n", text or ""):
-        props = {}
-        for line in block.splitlines():
-            if "=" in line:
-                key, value = line.split("=", 1)
-                props[key] = value
-        if props.get("Id"):
-            units[props["Id"]] = props
-    return units
-
 
 def parse_unit_list(text):
     """First column of `systemctl list-units/list-unit-files --plain --no-legend` output."""
