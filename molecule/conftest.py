@@ -1,16 +1,8 @@
 """Fixtures shared by the testinfra suites of every Molecule scenario."""
-import os
-import re
-import subprocess
 import time
 
 import pytest
-
-RECAP = re.compile(r"^(\S+)\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)"
-                   r"(?:\s+skipped=(\d+))?(?:\s+rescued=(\d+))?(?:\s+ignored=(\d+))?", re.M)
-
-
-ANSI = re.compile(r"\x1b\[[0-9;]*m")
+from agentops_playbook import ansible_playbook
 
 
 class PlaybookResult:
@@ -28,46 +20,16 @@ class PlaybookResult:
         return "PlaybookResult(rc=%r, recap=%r)" % (self.rc, self.recap)
 
 
-def _inventory():
-    inventory = os.environ.get("MOLECULE_INVENTORY_FILE")
-    if not inventory:
-        raise RuntimeError("MOLECULE_INVENTORY_FILE is not set: run the tests through Molecule")
-    # The directory carries the scenario's group_vars/host_vars next to the inventory file.
-    return os.path.dirname(inventory)
-
-
 def _run(host_name, playbook, extra_vars=None, check=False, diff=False, verbosity=0, expect_fail=False,
          env=None, timeout=900):
-    scenario_dir = os.environ["MOLECULE_SCENARIO_DIRECTORY"]
-    path = playbook if os.path.isabs(playbook) else os.path.join(scenario_dir, playbook)
-    cmd = ["ansible-playbook", "-i", _inventory(), "--limit", host_name, path]
-    if check:
-        cmd.append("--check")
-    if diff:
-        cmd.append("--diff")
-    if verbosity:
-        cmd.append("-" + "v" * verbosity)
-    for key, value in (extra_vars or {}).items():
-        import json
-        cmd += ["-e", json.dumps({key: value})]
-    run_env = dict(os.environ)
-    run_env["ANSIBLE_FORCE_COLOR"] = "0"
-    run_env["ANSIBLE_NOCOLOR"] = "1"
-    run_env["PY_COLORS"] = "0"
-    run_env.update(env or {})
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          env=run_env, timeout=timeout, check=False)
-    output = ANSI.sub("", proc.stdout)
-    recap = {}
-    for match in RECAP.finditer(output):
-        if match.group(1) == host_name:
-            keys = ("ok", "changed", "unreachable", "failed", "skipped", "rescued", "ignored")
-            recap = {k: int(v or 0) for k, v in zip(keys, match.groups()[1:])}
+    rc, output, recaps = ansible_playbook(host_name, playbook, extra_vars=extra_vars, check=check, diff=diff,
+                                          verbosity=verbosity, env=env, timeout=timeout)
+    recap = recaps.get(host_name, {})
     if expect_fail:
-        assert proc.returncode != 0, "playbook %s was expected to fail but passed:\n%s" % (playbook, output[-4000:])
+        assert rc != 0, "playbook %s was expected to fail but passed:\n%s" % (playbook, output[-4000:])
     if not recap and "PLAY RECAP" in output:
         raise AssertionError("no recap line for %s in the output of %s:\n%s" % (host_name, playbook, output[-4000:]))
-    return PlaybookResult(proc.returncode, output, recap)
+    return PlaybookResult(rc, output, recap)
 
 
 @pytest.fixture

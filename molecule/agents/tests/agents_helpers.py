@@ -1,17 +1,13 @@
 """Helpers of the agents scenario tests: the scenario's agent list, playbook runs on all hosts at once."""
 import copy
-import json
 import os
-import re
-import subprocess
 
 import testinfra
 import yaml
+from agentops_playbook import ansible_playbook
 
 SCENARIO = os.environ.get("MOLECULE_SCENARIO_DIRECTORY", os.path.dirname(os.path.dirname(__file__)))
 GROUP = "agentops_test"
-RECAP = re.compile(r"^(\S+)\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)"
-                   r"(?:\s+skipped=(\d+))?(?:\s+rescued=(\d+))?(?:\s+ignored=(\d+))?", re.M)
 
 
 def scenario_agents():
@@ -30,24 +26,8 @@ def fleet_run(playbook, extra_vars=None, check=False, diff=False, verbosity=0):
 
     Returns (rc, output, {host: recap}).
     """
-    inventory = os.path.dirname(os.environ["MOLECULE_INVENTORY_FILE"])
-    cmd = ["ansible-playbook", "-i", inventory, "--limit", GROUP, os.path.join(SCENARIO, playbook)]
-    if check:
-        cmd.append("--check")
-    if diff:
-        cmd.append("--diff")
-    if verbosity:
-        cmd.append("-" + "v" * verbosity)
-    for key, value in (extra_vars or {}).items():
-        cmd += ["-e", json.dumps({key: value})]
-    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                          timeout=900, check=False)
-    recaps = {}
-    keys = ("ok", "changed", "unreachable", "failed", "skipped", "rescued", "ignored")
-    for match in RECAP.finditer(proc.stdout):
-        recaps[match.group(1)] = {k: int(v or 0) for k, v in zip(keys, match.groups()[1:])}
-    return proc.returncode, proc.stdout, recaps
+    return ansible_playbook(GROUP, os.path.join(SCENARIO, playbook), extra_vars=extra_vars, check=check,
+                            diff=diff, verbosity=verbosity)
 
 
 def all_hosts():
