@@ -13,11 +13,9 @@ __metaclass__ = type
 
 import re
 
-try:
-    from ansible_collections.agentops.fleet.plugins.module_utils.agentops_timespan import parse_timespan
-    from ansible_collections.agentops.fleet.plugins.module_utils.agentops_systemd import parse_show
-except ImportError:  # pragma: no cover - the role is always used from the collection
-    parse_timespan = parse_show = None
+from ansible_collections.agentops.fleet.plugins.module_utils.agentops_timespan import parse_timespan
+from ansible_collections.agentops.fleet.plugins.module_utils.agentops_systemd import parse_show
+from ansible_collections.agentops.fleet.plugins.module_utils import agentops_contract as contract
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,39}\Z")
 USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}\Z")
@@ -25,12 +23,13 @@ ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 CRED_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}\Z")
 CHECK_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}\Z")
 HOURS_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)\Z")
-SIZE_RE = re.compile(r"^(\d+(\.\d+)?[KMGT]?|\d{1,3}%|infinity)\Z")
-QUOTA_RE = re.compile(r"^\d{1,5}%\Z")
-TASKS_RE = re.compile(r"^(\d+|\d{1,3}%|infinity)\Z")
-CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
-
-RESERVED_NAMES = ("rotation",)
+SIZE_RE = contract.SIZE_RE
+QUOTA_RE = contract.QUOTA_RE
+TASKS_RE = contract.TASKS_RE
+CONTROL_RE = contract.UNSAFE_CHARS_RE
+# Environment variables that the dynamic loader (or glibc) acts on before any program of the
+# unit runs: the root helper of ExecStartPre=+ would load the agent's code with them.
+LOADER_ENV_RE = re.compile(r"^(LD_[A-Z0-9_]*|GCONV_PATH|GLIBC_TUNABLES|LOCPATH|NLSPATH|HOSTALIASES|MALLOC_[A-Z0-9_]*)\Z")
 HARDENING = ("strict", "standard", "none")
 PROGRESS = ("journal", "file", "command")
 AUTH_TYPES = ("http", "jwt", "command", "file")
@@ -39,7 +38,7 @@ AGENT_KEYS = (
     "name", "command", "state", "enabled", "user", "description", "environment", "credentials",
     "auth_checks", "heartbeat", "token_rotation", "failure_modes", "hardening", "read_write_paths",
     "restart_sec", "timeout_stop_sec", "start_limit_interval_sec", "start_limit_burst",
-    "memory_max", "cpu_quota", "tasks_max",
+    "memory_max", "cpu_quota", "tasks_max", "share_user",
 )
 HEARTBEAT_KEYS = ("interval", "max_silence", "progress", "file", "command", "active_hours", "workstate_max_age")
 AUTH_KEYS = ("name", "type", "url", "method", "headers", "credential", "username", "expect_status", "timeout",
@@ -66,15 +65,12 @@ def _as_int(value):
 
 
 def _is_timespan(value):
-    if isinstance(value, bool) or value is None:
-        return False
-    if isinstance(value, str) and CONTROL_RE.search(value):
-        return False
-    try:
-        parse_timespan(value)
-    except (ValueError, TypeError):
-        return False
-    return True
+    return contract.timespan_problem(value) is None
+
+
+def _why(value):
+    problem = contract.unit_value_problem(value) if isinstance(value, str) else None
+    return " (%s)" % problem if problem else ""
 
 
 def _clean_str(value):
@@ -82,7 +78,7 @@ def _clean_str(value):
 
 
 def _abs_command(value):
-    return _clean_str(value) and value.strip().startswith("/")
+    return _clean_str(value) and value.strip().startswith("/") and contract.unit_value_problem(value) is None
 
 
 class _Errors:
@@ -229,10 +225,9 @@ def _check_agent(errors, agent, index, names):
         return
     _unknown(errors, where, agent, AGENT_KEYS)
     name = agent.get("name")
-    if not (isinstance(name, str) and NAME_RE.match(name)):
-        errors.add(where + ".name", "%r must match ^[a-z][a-z0-9-]{0,39}$" % (name,))
-    elif name in RESERVED_NAMES:
-        errors.add(where + ".name", "%r is reserved" % name)
+    problem = contract.agent_name_problem(name)
+    if problem:
+        errors.add(where + ".name", problem)
     elif name in names:
         errors.add(where + ".name", "duplicate agent name %r on this host" % name)
     names.add(name)
@@ -241,15 +236,18 @@ def _check_agent(errors, agent, index, names):
         errors.add(where + ".state", "%r is not present or absent" % (state,))
     if state == "present" or "command" in agent:
         if not _abs_command(agent.get("command")):
-            errors.add(where + ".command", "%r must be an absolute path (with optional arguments, one line)"
-                       % (agent.get("command"),))
+            errors.add(where + ".command", "%r must be an absolute path (with optional arguments, one line)%s"
+                       % (agent.get("command"), _why(agent.get("command"))))
     if "enabled" in agent and not isinstance(agent["enabled"], bool):
         errors.add(where + ".enabled", "must be true or false")
     if "user" in agent and not (isinstance(agent["user"], str) and USER_RE.match(agent["user"])
                                 and agent["user"] != "root"):
         errors.add(where + ".user", "%r is not a valid non-root user name" % (agent["user"],))
-    if "description" in agent and not _clean_str(agent["description"]):
-        errors.add(where + ".description", "must be a one-line string")
+    if "description" in agent and not (_clean_str(agent["description"])
+                                       and contract.unit_value_problem(agent["description"]) is None):
+        errors.add(where + ".description", "must be a one-line string%s" % _why(agent["description"]))
+    if "share_user" in agent and not isinstance(agent["share_user"], bool):
+        errors.add(where + ".share_user", "must be true or false")
     env = agent.get("environment", {})
     if not isinstance(env, dict):
         errors.add(where + ".environment", "must be a mapping of variable names to values")
@@ -257,6 +255,10 @@ def _check_agent(errors, agent, index, names):
         for key, value in env.items():
             if not (isinstance(key, str) and ENV_KEY_RE.match(key)):
                 errors.add("%s.environment.%s" % (where, key), "is not a valid variable name")
+            elif LOADER_ENV_RE.match(key):
+                errors.add("%s.environment.%s" % (where, key),
+                           "is read by the dynamic loader before any program of the unit runs, the root "
+                           "ExecStartPre= helper included; set it in the agent's own wrapper script instead")
             elif isinstance(value, (dict, list)) or value is None or (isinstance(value, str) and CONTROL_RE.search(value)):
                 errors.add("%s.environment.%s" % (where, key), "must be a one-line scalar value")
     creds = agent.get("credentials", {})
@@ -266,6 +268,9 @@ def _check_agent(errors, agent, index, names):
     for key, value in creds.items():
         if not (isinstance(key, str) and CRED_RE.match(key)):
             errors.add("%s.credentials.%s" % (where, key), "is not a valid credential name ([A-Za-z0-9_.-], no '/')")
+        elif key.endswith(".prev") or key.endswith(".tmp"):
+            errors.add("%s.credentials.%s" % (where, key), "names ending in .prev or .tmp are reserved for the "
+                       "previous token kept by rotation (<credential>.prev) and its temporary files")
         elif not isinstance(value, str) or value == "":
             errors.add("%s.credentials.%s" % (where, key), "must be a non-empty string (value not shown)")
     if "auth_checks" in agent:
@@ -290,9 +295,9 @@ def _check_agent(errors, agent, index, names):
     if "hardening" in agent and agent["hardening"] not in HARDENING:
         errors.add(where + ".hardening", "%r is not one of %s" % (agent["hardening"], ", ".join(HARDENING)))
     paths = agent.get("read_write_paths", [])
-    if not isinstance(paths, list) or not all(isinstance(p, str) and p.startswith("/") and not re.search(r"\s", p)
-                                              and ".." not in p.split("/") for p in paths):
-        errors.add(where + ".read_write_paths", "must be a list of absolute paths without spaces")
+    problem = contract.path_list_problem(paths)
+    if problem:
+        errors.add(where + ".read_write_paths", problem)
     for key in TIMESPAN_FIELDS:
         if key in agent and not _is_timespan(agent[key]):
             errors.add("%s.%s" % (where, key), "%r is not a systemd time span" % (agent[key],))
@@ -316,7 +321,58 @@ def agents_errors(agents):
     names = set()
     for index, agent in enumerate(agents):
         _check_agent(errors, agent, index, names)
+    _check_shared_users(errors, agents)
     return errors.items
+
+
+def _effective_user(agent):
+    user = agent.get("user")
+    return user if isinstance(user, str) and user else "agent-%s" % agent.get("name")
+
+
+def _check_shared_users(errors, agents):
+    """Agents must not share a uid: the same user for two agents needs share_user: true on each."""
+    users = {}
+    for agent in agents:
+        if isinstance(agent, dict) and agent.get("state", "present") == "present":
+            users.setdefault(_effective_user(agent), []).append(agent.get("name"))
+    for index, agent in enumerate(agents):
+        if not isinstance(agent, dict) or agent.get("state", "present") != "present" or agent.get("share_user") is True:
+            continue
+        others = [n for n in users.get(_effective_user(agent), []) if n != agent.get("name")]
+        if others:
+            errors.add(_label(agent, index) + ".user", "%r is also the user of agent(s) %s: agents must not share a "
+                       "user (one agent could read and change the other's state); set share_user: true on each "
+                       "agent that shares it on purpose" % (_effective_user(agent), ", ".join(map(str, others))))
+
+
+def agents_user_errors(agents, passwd):
+    """Problems of agent users that already exist on the host and are not the agent's own.
+
+    ``passwd`` is ``ansible_facts.getent_passwd`` ({user: [pw, uid, gid, gecos, home, shell]}).
+    A user is the agent's own when its GECOS comment is the one the agents role gives it
+    ("agentops agent <name>"); any other existing user (daemon, www-data, a person, another
+    agent's user) is refused unless the agent sets share_user: true.
+    """
+    errors = _Errors()
+    for index, agent in enumerate(agents or []):
+        if not isinstance(agent, dict) or agent.get("state", "present") != "present" or agent.get("share_user") is True:
+            continue
+        user = _effective_user(agent)
+        entry = (passwd or {}).get(user)
+        if entry is None:
+            continue
+        gecos = entry[3] if isinstance(entry, (list, tuple)) and len(entry) > 3 else None
+        if gecos != "agentops agent %s" % agent.get("name"):
+            errors.add(_label(agent, index) + ".user", "%r already exists on this host and is not this agent's own "
+                       "user (uid %s, comment %r): an agent must not run as a system or shared account; choose "
+                       "another user or set share_user: true" % (user, entry[1] if len(entry) > 1 else "?", gecos))
+    return errors.items
+
+
+def settings_errors(settings):
+    """Problems of the role variables that reach units, drop-ins, timers and cron."""
+    return contract.settings_errors(settings)
 
 
 def _escape_specifiers(value):
@@ -354,7 +410,7 @@ def agents_normalize(agents, defaults):
             "state": agent.get("state", "present"),
             "enabled": agent.get("enabled", True),
             "user": user,
-            "description": agent.get("description") or "agentops agent %s" % name,
+            "description": _escape_specifiers(agent.get("description") or "agentops agent %s" % name),
             "command": agent.get("command"),
             "exec_start": _escape_specifiers(agent.get("command") or ""),
             "state_dir": "%s/%s" % (state_root, name),
@@ -372,7 +428,7 @@ def agents_normalize(agents, defaults):
             ],
             "failure_modes": agent.get("failure_modes") or [],
             "hardening": agent.get("hardening", defaults["hardening"]),
-            "read_write_paths": agent.get("read_write_paths") or [],
+            "read_write_paths": [_escape_specifiers(p) for p in agent.get("read_write_paths") or []],
         }
         for key in ("restart_sec", "timeout_stop_sec", "start_limit_interval_sec", "start_limit_burst",
                     "memory_max", "cpu_quota", "tasks_max"):
@@ -398,6 +454,8 @@ class FilterModule(object):
     def filters(self):
         return {
             "agents_errors": agents_errors,
+            "agents_user_errors": agents_user_errors,
+            "agentops_settings_errors": settings_errors,
             "agents_normalize": agents_normalize,
             "systemctl_show": systemctl_show,
         }

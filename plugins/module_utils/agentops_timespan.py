@@ -10,6 +10,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import math
 import re
 
 _TIMESPAN_UNITS = {
@@ -23,7 +24,8 @@ _TIMESPAN_UNITS = {
     "M": 2629800, "month": 2629800, "months": 2629800,
     "y": 31557600, "year": 31557600, "years": 31557600,
 }
-_TIMESPAN_PART = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)")
+# ASCII digits only: Python's \d also matches other scripts' digits ("\u0663s"), which systemd refuses.
+_TIMESPAN_PART = re.compile(r"[ \t]*([0-9]+(?:\.[0-9]+)?)[ \t]*([a-zA-Z]*)")
 
 
 def parse_timespan(value):
@@ -34,10 +36,12 @@ def parse_timespan(value):
     if isinstance(value, bool):
         raise ValueError("not a time span: %r" % (value,))
     if isinstance(value, (int, float)):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError("not a finite time span: %r" % (value,))
         if value < 0:
             raise ValueError("negative time span: %r" % (value,))
         return float(value)
-    text = str(value).strip()
+    text = str(value).strip(" \t")
     if not text:
         raise ValueError("empty time span")
     total = 0.0
@@ -51,6 +55,6 @@ def parse_timespan(value):
             raise ValueError("unknown time unit %r in %r" % (unit, value))
         total += float(number) * _TIMESPAN_UNITS.get(unit, 1)
         pos = match.end()
-        while pos < len(text) and text[pos] == " ":
+        while pos < len(text) and text[pos] in " \t":
             pos += 1
     return total

@@ -7,7 +7,14 @@ take the others (in particular ``alert``) down with it.
 """
 import argparse
 import importlib
+import os
+import pwd
 import sys
+
+SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# Sub-commands that keep the caller's environment (they run as the agent user and exec the
+# agent itself); every other sub-command runs with the fixed environment below.
+KEEP_ENVIRONMENT = frozenset()
 
 # sub-command name -> module under agentops_host
 SUBCOMMANDS = {
@@ -43,7 +50,38 @@ def build_parser():
     return parser
 
 
+def safe_environment():
+    """The fixed, minimal environment of every root-run sub-command (never the caller's)."""
+    try:
+        home = pwd.getpwuid(os.geteuid()).pw_dir or "/"
+    except KeyError:
+        home = "/"
+    return {"PATH": SAFE_PATH, "LANG": "C.UTF-8", "HOME": home}
+
+
+def reset_environment():
+    """Replace the inherited environment and working directory by fixed ones.
+
+    Called before anything else runs: HOME, PATH, LD_*, PYTHON*, TZ, a .curlrc or a
+    sitecustomize.py in an agent's folder can no longer reach code that root runs.
+    """
+    os.environ.clear()
+    os.environ.update(safe_environment())
+    os.chdir("/")
+    os.umask(0o077)
+
+
 def main(argv=None):
+    """Run one sub-command. ``argv`` None: the process's own arguments (the entry script).
+
+    Run as a process, every sub-command but those in KEEP_ENVIRONMENT first resets its
+    environment (reset_environment); in-process callers that pass ``argv`` keep theirs.
+    """
+    if argv is None:
+        # Before anything is imported or parsed: fail closed, only a sub-command named in
+        # KEEP_ENVIRONMENT keeps the caller's environment.
+        if not any(arg in KEEP_ENVIRONMENT for arg in sys.argv[1:] if arg in SUBCOMMANDS):
+            reset_environment()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

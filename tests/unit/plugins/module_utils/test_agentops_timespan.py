@@ -11,7 +11,10 @@ def test_parse_timespan(text, seconds):
     assert parse_timespan(text) == pytest.approx(seconds)
 
 
-@pytest.mark.parametrize("text", ["", "abc", "10 parsecs", "-5", "5m-", True, -3, "*/45"])
+@pytest.mark.parametrize("text", ["", "abc", "10 parsecs", "-5", "5m-", True, -3, "*/45",
+                                  # regressions: other scripts' digits, non-finite numbers, line breaks
+                                  u"\u0663s", u"\u0663", "nan", ".inf", float("nan"), float("inf"), float("-inf"),
+                                  "5s\n", "\n5s", u"5s\u2028", "5\x00s"])
 def test_parse_timespan_rejects(text):
     with pytest.raises(ValueError):
         parse_timespan(text)
