@@ -19,6 +19,18 @@ description:
     creates or fixes directories, writes files atomically (temporary file in the same directory, then rename),
     and removes paths.
   - Order of work is I(users), I(directories), I(files), I(secret_files), I(prune), I(absent).
+  - Paths are never followed through a symlink in a directory that a user other than root can write (an agent's
+    state directory): every directory is opened one component at a time without following symlinks (a symlink is
+    followed only in a directory that root alone can write), and every file is opened once, relative to its
+    directory, with C(O_NOFOLLOW|O_NONBLOCK), checked with C(fstat) (a regular file with one link), read with a
+    bound, and its owner and mode are changed through that open file, never by path.
+  - "In an agent-writable directory (its owner is not root, or group or others can write it) a hostile entry - a
+    symlink, a FIFO, a socket, a hard link, a directory where a file belongs - never stops the run: it is reported
+    in RV(problems) and as a warning, and the other paths are handled. With I(force=true) it is replaced by the
+    rendered file through a rename (which replaces the entry itself, never what it points to); with I(force=false)
+    and for a directory it is left in place. A diff never shows the content behind such an entry, nor a file not
+    owned by the expected owner."
+  - In a directory that only root can write, such an entry still fails the module as before.
 options:
   users:
     description: System users to create when missing. Existing users are left as they are.
@@ -89,7 +101,9 @@ options:
       force:
         description:
           - When C(false), an existing file is left alone entirely (content, owner and mode) and
-            its path is reported in RV(kept).
+            its path is reported in RV(kept); it is not even opened. In an agent-writable directory an entry
+            that is not a regular file is reported in RV(problems) as well.
+          - When C(true), a hostile entry in an agent-writable directory is replaced by the rendered file.
         type: bool
         default: true
   secret_files:
@@ -195,16 +209,44 @@ created_users:
   returned: always
   type: list
   elements: str
+problems:
+  description:
+    - Hostile or unusable entries found in agent-writable directories. None of them was followed or read;
+      the other paths were handled.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    path:
+      description: The path as given in the options.
+      type: str
+    found:
+      description: What was there - C(symlink), C(fifo), C(directory), C(not a regular file), C(not a directory),
+        C(hard link), C(busy), C(missing directory) or C(error).
+      type: str
+    action:
+      description: What the module did about it, for example C(replaced by the rendered file (not followed)),
+        C(left in place) or C(skipped).
+      type: str
+    message:
+      description: One sentence naming the path and what was found.
+      type: str
+  sample:
+    - path: /var/lib/agentops/mail/AGENTS.md
+      found: symlink
+      action: replaced by the rendered file (not followed)
+      message: /var/lib/agentops/mail/AGENTS.md is a symlink (not followed)
 """
 
+import errno
 import grp
 import os
 import pwd
 import shutil
 import stat
-import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.agentops.fleet.plugins.module_utils import agentops_safefile as safefile
 
 FILE_OPTIONS = dict(
     path=dict(type="path", required=True),
@@ -214,6 +256,9 @@ FILE_OPTIONS = dict(
     mode=dict(type="str", default="0644"),
     force=dict(type="bool", default=True),
 )
+
+# Largest "before" shown in a diff; a larger file is summarised, never read whole.
+DIFF_MAX_BYTES = safefile.DEFAULT_MAX_BYTES
 
 
 def _ids(owner, group):
@@ -232,10 +277,20 @@ class Worker:
         self.kept = []
         self.created_users = []
         self.diffs = []
+        self.problems = []
 
     def _mark(self, path):
         if path not in self.changed_paths:
             self.changed_paths.append(path)
+
+    def _problem(self, path, found, action, message):
+        """A hostile or unusable entry in an agent-writable directory: reported, the run goes on."""
+        self.problems.append(dict(path=path, found=found, action=action, message=message))
+        self.module.warn("%s; %s" % (message, action))
+
+    def _fail_ids(self, path, item):
+        self.module.fail_json(msg="%s: unknown owner %s or group %s" % (path, item["owner"], item["group"]),
+                              changed_paths=self.changed_paths, problems=self.problems)
 
     def users(self, users):
         useradd = self.module.get_bin_path("useradd", required=True)
@@ -256,86 +311,206 @@ class Worker:
                 self.module.fail_json(msg="useradd %s failed: %s" % (user["name"], (err or out).strip()),
                                       changed_paths=self.changed_paths, created_users=self.created_users)
 
-    def _fix_attrs(self, path, st, mode, ids):
-        changed = False
-        if ids is None or (st.st_uid, st.st_gid) != ids:
-            changed = True
-            if not self.check:
-                os.chown(path, *ids)
-        if stat.S_IMODE(st.st_mode) != mode:
-            changed = True
-            if not self.check:
-                os.chmod(path, mode)
-        return changed
+    def _parent(self, path):
+        """(fd of the directory holding ``path``, missing): no symlink followed in an agent-writable directory.
+
+        The fd is None when the directory does not exist (``missing`` True: in check mode it would be created
+        first) or when a hostile entry on the way was reported.
+        """
+        directory = os.path.dirname(path)
+        try:
+            return safefile.open_dir(directory), False
+        except safefile.UnsafeEntry as exc:
+            # open_dir follows symlinks only in root-only directories: this one is in a directory a user can write
+            self._problem(path, exc.found, "skipped", exc.message)
+            return None, False
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:
+                self.module.fail_json(msg="%s: cannot open its directory: %s" % (path, exc.strerror or exc),
+                                      changed_paths=self.changed_paths, problems=self.problems)
+        if self.check:
+            return None, True
+        if self._in_agent_dir(directory):
+            self._problem(path, "missing directory", "skipped",
+                          "%s: its directory is missing in a directory that a user other than root can write" % path)
+            return None, False
+        self.module.fail_json(msg="%s: its directory %s does not exist" % (path, directory),
+                              changed_paths=self.changed_paths, problems=self.problems)
+        return None, False
+
+    @staticmethod
+    def _in_agent_dir(directory):
+        """True when the nearest existing ancestor of the missing ``directory`` is agent-writable."""
+        while directory not in ("/", ""):
+            directory = os.path.dirname(directory)
+            try:
+                fd = safefile.open_dir(directory)
+            except safefile.UnsafeEntry:
+                return True
+            except OSError:
+                continue
+            try:
+                return safefile.agent_writable(fd)
+            finally:
+                os.close(fd)
+        return False
 
     def directories(self, directories):
         for item in directories:
-            path, mode = item["path"], int(item["mode"], 8)
+            path, mode = os.path.normpath(item["path"]), int(item["mode"], 8)
             ids = _ids(item["owner"], item["group"])
             if ids is None and not self.check:
-                self.module.fail_json(msg="%s: unknown owner %s or group %s" % (path, item["owner"], item["group"]))
-            try:
-                st = os.lstat(path)
-            except FileNotFoundError:
-                self._mark(path)
-                if not self.check:
-                    os.mkdir(path, mode)
-                    os.chown(path, *ids)
-                    os.chmod(path, mode)
+                self._fail_ids(path, item)
+            parent, missing = self._parent(path)
+            if parent is None:
+                if missing:
+                    self._mark(path)
                 continue
-            if not stat.S_ISDIR(st.st_mode):
-                self.module.fail_json(msg="%s exists and is not a directory" % path)
-            if self._fix_attrs(path, st, mode, ids):
+            try:
+                untrusted = safefile.agent_writable(parent)
+                try:
+                    self._directory(parent, os.path.basename(path), path, mode, ids)
+                except safefile.UnsafeEntry as exc:
+                    if not untrusted:
+                        self.module.fail_json(msg="%s exists and is not a directory (%s)" % (path, exc.found),
+                                              changed_paths=self.changed_paths, problems=self.problems)
+                    self._problem(path, exc.found, "left in place", exc.message)
+                except OSError as exc:
+                    if not untrusted:
+                        raise
+                    self._problem(path, "error", "skipped", "%s: %s" % (path, exc.strerror or exc))
+            finally:
+                os.close(parent)
+
+    def _directory(self, parent, name, path, mode, ids):
+        try:
+            st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+            self._mark(path)
+            if self.check:
+                return
+            os.mkdir(name, 0o700, dir_fd=parent)
+            st = None
+        if st is not None and not stat.S_ISDIR(st.st_mode):
+            raise safefile.UnsafeEntry(path, safefile.kind_of(st.st_mode))
+        try:
+            fd = os.open(name, safefile.DIR_FLAGS, dir_fd=parent)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise safefile.UnsafeEntry(path, "not a directory", "replaced while it was opened")
+            raise
+        try:
+            if safefile.fix_attrs(fd, os.fstat(fd), mode, *(ids or (None, None)), apply=not self.check):
                 self._mark(path)
+        finally:
+            os.close(fd)
 
     def files(self, files, secret):
         for item in files:
-            path, mode = item["path"], int(item["mode"], 8)
-            content = item["content"].encode("utf-8")
+            path = os.path.normpath(item["path"])
             ids = _ids(item["owner"], item["group"])
             if ids is None and not self.check:
-                self.module.fail_json(msg="%s: unknown owner %s or group %s" % (path, item["owner"], item["group"]))
-            try:
-                st = os.lstat(path)
-            except FileNotFoundError:
-                st = None
-            if st is not None and not item["force"]:
-                self.kept.append(path)
-                continue
-            if st is not None and not stat.S_ISREG(st.st_mode):
-                self.module.fail_json(msg="%s exists and is not a regular file" % path)
-            before = None
-            if st is not None:
-                with open(path, "rb") as handle:
-                    before = handle.read()
-            if before == content:
-                if self._fix_attrs(path, st, mode, ids):
+                self._fail_ids(path, item)
+            parent, missing = self._parent(path)
+            if parent is None:
+                if missing:  # check mode, its directory is created first: the file would be new
                     self._mark(path)
+                    if not secret and self.module._diff:
+                        self.diffs.append(dict(before_header=path, after_header=path, before="",
+                                               after=item["content"]))
                 continue
-            self._mark(path)
-            if not secret and self.module._diff:
-                self.diffs.append(dict(before_header=path, after_header=path,
-                                       before=(before or b"").decode("utf-8", "replace"),
-                                       after=item["content"]))
-            if self.check:
-                continue
-            self._write(path, content, mode, ids)
+            try:
+                untrusted = safefile.agent_writable(parent)
+                try:
+                    self._file(parent, os.path.basename(path), path, item, ids, secret, untrusted)
+                except safefile.UnsafeEntry as exc:
+                    if not untrusted:
+                        self.module.fail_json(msg="%s exists and is not a regular file (%s)" % (path, exc.found),
+                                              changed_paths=self.changed_paths, problems=self.problems)
+                    self._problem(path, exc.found, "left in place", exc.message)
+                except OSError as exc:
+                    if not untrusted:
+                        raise
+                    self._problem(path, "error", "skipped", "%s: %s" % (path, exc.strerror or exc))
+            finally:
+                os.close(parent)
 
-    def _write(self, path, content, mode, ids):
-        directory = os.path.dirname(path)
-        fd, tmp = tempfile.mkstemp(prefix=".agentops-", dir=directory)
+    def _file(self, parent, name, path, item, ids, secret, untrusted):
+        """One file. In an agent-writable directory (``untrusted``) nothing is followed, read unbounded or
+        changed by path; a hostile entry raises UnsafeEntry (left in place) or is replaced (force)."""
+        mode = int(item["mode"], 8)
+        content = item["content"].encode("utf-8")
         try:
-            os.fchmod(fd, mode)
-            os.fchown(fd, *ids)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(content)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.rename(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+            st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+            st = None
+        if st is not None and not item["force"]:
+            # WORKSTATE.md and rotated credentials: never overwritten, never opened
+            self.kept.append(path)
+            if untrusted and not stat.S_ISREG(st.st_mode):
+                self._problem(path, safefile.kind_of(st.st_mode), "left in place",
+                              safefile.UnsafeEntry(path, safefile.kind_of(st.st_mode)).message)
+            return
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            raise safefile.UnsafeEntry(path, "directory")
+        fd = hostile = None
+        if st is not None:
+            try:
+                fd, st = safefile.open_file(parent, name, path, max_bytes=None, hardlinks=not untrusted)
+            except safefile.UnsafeEntry as exc:
+                if not untrusted or exc.found == "directory":
+                    raise
+                hostile = exc
+            except OSError as exc:
+                if exc.errno != errno.ENOENT:
+                    raise
+        before = None
+        try:
+            if fd is not None:
+                if st.st_size == len(content) and self._read(fd, len(content), path) == content:
+                    if safefile.fix_attrs(fd, st, mode, *(ids or (None, None)), apply=not self.check):
+                        self._mark(path)
+                    return
+                if not secret and self.module._diff:
+                    if untrusted and (ids is None or st.st_uid != ids[0]):
+                        # in an agent's directory only the expected owner's file is shown
+                        before = "(owned by uid %d, not shown)\n" % st.st_uid
+                    else:
+                        before = self._before(fd, st, path)
+        finally:
+            if fd is not None:
+                os.close(fd)
+        self._mark(path)
+        if hostile is not None:
+            self._problem(path, hostile.found, "would be replaced by the rendered file" if self.check
+                          else "replaced by the rendered file (not followed)", hostile.message)
+        if not secret and self.module._diff:
+            header = path if hostile is None else "%s (%s, not read)" % (path, hostile.found)
+            self.diffs.append(dict(before_header=header, after_header=path, before=before or "",
+                                   after=item["content"]))
+        if self.check:
+            return
+        safefile.replace_file(parent, name, content, mode, *(ids or (None, None)))
+
+    @staticmethod
+    def _read(fd, limit, path):
+        os.lseek(fd, 0, os.SEEK_SET)
+        try:
+            return safefile.read_bounded(fd, limit, path)
+        except safefile.UnsafeEntry:
+            return None  # grew while read: it differs
+
+    def _before(self, fd, st, path):
+        if st.st_size > DIFF_MAX_BYTES:
+            return "(%d bytes, not shown)\n" % st.st_size
+        data = self._read(fd, DIFF_MAX_BYTES, path)
+        if data is None:
+            return "(more than %d bytes, not shown)\n" % DIFF_MAX_BYTES
+        return data.decode("utf-8", "replace")
 
     def prune(self, prunes):
         for item in prunes:
@@ -392,7 +567,8 @@ def main():
     worker.prune(module.params["prune"])
     worker.absent(module.params["absent"])
     result = dict(changed=bool(worker.changed_paths or worker.created_users),
-                  changed_paths=worker.changed_paths, kept=worker.kept, created_users=worker.created_users)
+                  changed_paths=worker.changed_paths, kept=worker.kept, created_users=worker.created_users,
+                  problems=worker.problems)
     if module._diff and worker.diffs:
         result["diff"] = worker.diffs
     module.exit_json(**result)

@@ -9,6 +9,10 @@ every agent in ``agents.d``:
 * progress (every tick for ``journal`` and ``file``, every ``interval`` for ``command``):
   no progress for ``max_silence`` while the unit is active -> ``<agent>/silent``; outside
   ``active_hours`` silence is not alerted;
+* the progress ``file`` and ``WORKSTATE.md`` live where the agent writes: only their ``lstat`` is read,
+  through directory fds that never follow a symlink in the agent's directory
+  (``agentops_lib.agentops_safefile``); a symlink, FIFO, directory, ... there is logged (once per change)
+  and counts as no progress signal, never followed;
 * every ``interval`` (recorded per agent in ``<state_dir>/.heartbeat/<agent>.json``):
   WORKSTATE.md older than ``workstate_max_age`` -> ``<agent>/workstate``; auth checks
   (``agentops_host.check_auth``, when installed) -> ``auth:<agent>:<check>`` (the keys of
@@ -29,6 +33,7 @@ from agentops_host import alert
 from agentops_host import config as hostconfig
 from agentops_host import state
 from agentops_host import systemd
+from agentops_lib import agentops_safefile as safefile
 
 try:
     from agentops_lib.agentops_timespan import parse_timespan
@@ -105,17 +110,45 @@ def in_active_hours(value, now=None):
     return minute >= start or minute < end
 
 
-def _file_mtime(path):
-    try:
-        return os.stat(path).st_mtime
-    except OSError:
-        return None
+def agent_dir(agent):
+    return agent.get("state_dir") or "/var/lib/agentops/%s" % agent["name"]
 
 
 def agent_path(agent, relative):
     if os.path.isabs(relative):
         return relative
-    return os.path.join(agent.get("state_dir") or "/var/lib/agentops/%s" % agent["name"], relative)
+    return os.path.join(agent_dir(agent), relative)
+
+
+def entry_mtime(agent, relative):
+    """(mtime, problem) of a file the agent writes (``relative`` to its state directory, or absolute).
+
+    Only ``lstat`` is used, through directory fds that follow no symlink in a directory the agent can write
+    (subdirectories of the state directory included). mtime is None when the file is missing or unsafe;
+    problem names the path and what was found (a symlink, a FIFO, a directory, ...) or is None.
+    """
+    base = None if os.path.isabs(relative) else agent_dir(agent)
+    try:
+        return safefile.regular_mtime(relative, base), None
+    except safefile.UnsafeEntry as exc:
+        return None, exc.message
+    except (OSError, ValueError) as exc:
+        return None, "%s: %s" % (agent_path(agent, relative), getattr(exc, "strerror", None) or exc)
+
+
+UNSAFE_MEANS = {"progress_file": "counted as no progress signal", "workstate": "counted as no checkpoint"}
+
+
+def _note_unsafe(agent, hbstate, what, problem):
+    """Log a hostile progress/WORKSTATE.md entry once per change (the state remembers the last one)."""
+    field = "unsafe_" + what
+    if problem and (hbstate is None or hbstate.get(field) != problem):
+        alert.log("heartbeat %s: %s; never followed, %s" % (agent["name"], problem, UNSAFE_MEANS[what]))
+    if hbstate is not None:
+        if problem:
+            hbstate[field] = problem
+        else:
+            hbstate.pop(field, None)
 
 
 def run_poll_command(agent, command, timeout):
@@ -162,7 +195,8 @@ def last_progress(agent, props, hbstate, now=None, run_command=False):
     if mode == "journal":
         seen = systemd.last_journal_time(agent["unit"])
     elif mode == "file":
-        seen = _file_mtime(agent_path(agent, hb.get("file") or "heartbeat"))
+        seen, problem = entry_mtime(agent, hb.get("file") or "heartbeat")
+        _note_unsafe(agent, hbstate, "progress_file", problem)
     elif mode == "command":
         seen = hbstate.get("command_ok_at")
         if run_command and hb.get("command"):
@@ -211,7 +245,7 @@ class Checker:
         self.check_crashloop(agent, props, hbstate, now, restarts)
         self.check_silence(agent, props, hbstate, now, due)
         if due:
-            self.check_workstate(agent, props, now)
+            self.check_workstate(agent, props, now, hbstate)
             self.check_auth(agent, hbstate, now)
             self.check_rotation(agent, hbstate)
             hbstate["last_full_check"] = now
@@ -279,14 +313,15 @@ class Checker:
         elif age is not None:
             self._resolve(key, title="%s makes progress again (last %ds ago)" % (name, age), agent=name, unit=unit)
 
-    def check_workstate(self, agent, props, now):
+    def check_workstate(self, agent, props, now, hbstate=None):
         name, unit = agent["name"], agent["unit"]
         hb = agent.get("heartbeat") or {}
         max_age = seconds(hb.get("workstate_max_age"))
         key = "%s/workstate" % name
         if not max_age or props.get("ActiveState") != "active":
             return
-        mtime = _file_mtime(agent_path(agent, "WORKSTATE.md"))
+        mtime, problem = entry_mtime(agent, "WORKSTATE.md")
+        _note_unsafe(agent, hbstate, "workstate", problem)
         started = systemd.monotonic_to_epoch(props.get("ActiveEnterTimestampMonotonic")) or 0
         reference = max(mtime or 0, started)
         if now - reference > max_age:
