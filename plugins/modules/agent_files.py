@@ -460,7 +460,8 @@ class Worker:
         fd = hostile = None
         if st is not None:
             try:
-                fd, st = safefile.open_file(parent, name, path, max_bytes=None, hardlinks=not untrusted)
+                fd, st = safefile.open_file(parent, name, path, hardlinks=not untrusted,
+                                            max_bytes=max(len(content), DIFF_MAX_BYTES) if untrusted else None)
             except safefile.UnsafeEntry as exc:
                 if not untrusted or exc.found == "directory":
                     raise
