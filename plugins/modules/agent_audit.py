@@ -31,6 +31,11 @@ description:
   - Never changes anything (C(changed) is always false) and runs in check mode too. Only the channel types of the
     alert configuration are read into the result; secrets in it are never returned.
   - Reading C(/etc/agentops) and the agents' state directories needs root (C(become)).
+  - "The state directory of an agent is written by the agent: its C(AGENTS.md) and C(WORKSTATE.md) are opened
+    relative to the directory without following a symlink and without blocking on a FIFO, C(AGENTS.md) is read
+    only when it is a regular file of at most 1 MiB with one link, and only the type of C(WORKSTATE.md) is looked
+    at. Anything else is reported for that agent (RV(agents[].problems), the C(workstate_protocol) and
+    C(failure_modes) items) and the other agents are audited as usual."
 author:
   - agentops.fleet maintainers (@agentops)
 attributes:
@@ -145,8 +150,16 @@ agents:
     active_state:
       description: systemd C(ActiveState).
       type: str
+    problems:
+      description:
+        - Hostile entries found in the agent's state directory (C(AGENTS.md) or C(WORKSTATE.md) that is a symlink,
+          a FIFO, a directory, a hard link, larger than 1 MiB, ...). None of them was followed or read; each also
+          fails the checklist items that need the file and is returned as a warning.
+      type: list
+      elements: str
   sample:
-    - {unit: agentops-mail.service, name: mail, source: agents.d, load_state: loaded, active_state: active}
+    - {unit: agentops-mail.service, name: mail, source: agents.d, load_state: loaded, active_state: active,
+       problems: []}
 passed:
   description: Whether every item passed.
   returned: always
@@ -169,6 +182,7 @@ import os
 import re
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.agentops.fleet.plugins.module_utils import agentops_safefile as safefile
 from ansible_collections.agentops.fleet.plugins.module_utils.agentops_systemd import parse_show
 
 ITEMS = (
@@ -191,6 +205,8 @@ CHANNEL_TYPES = ("telegram", "webhook", "command")
 JOURNALD_DIRS = ("etc/systemd", "run/systemd", "usr/local/lib/systemd", "usr/lib/systemd")
 CREDENTIAL_DIRECTIVES = ("LoadCredential", "LoadCredentialEncrypted", "SetCredential", "SetCredentialEncrypted",
                          "ImportCredential")
+# AGENTS.md is read from the agent's own directory: never more than this.
+AGENTS_MD_MAX_BYTES = safefile.DEFAULT_MAX_BYTES
 NO_AGENT = "no agent unit found (no agentops-*.service, nothing in agents.d, no unit given in agentops_audit_units)"
 
 
@@ -496,6 +512,8 @@ def evaluate(facts, rotation_exempt=()):
         for agent in agents:
             path = agent.get("agents_md_path")
             text = agent.get("agents_md")
+            if item_id == "workstate_protocol" and agent.get("workstate_error"):
+                problems.append("%s: %s" % (agent["unit"], agent["workstate_error"]))
             if text is None:
                 problems.append("%s: %s" % (agent["unit"], agent.get("agents_md_error") or "no AGENTS.md"))
                 continue
@@ -683,18 +701,57 @@ class Collector(object):
             "agents_md_path": None,
             "agents_md": None,
             "agents_md_error": None,
+            "workstate_error": None,
+            "problems": [],
         }
         if not state_dir or state_dir == "~":
             entry["agents_md_error"] = "no state directory known (no agents.d entry, no WorkingDirectory=)"
             return entry
+        self.read_state_dir(entry, state_dir)
+        return entry
+
+    @staticmethod
+    def read_state_dir(entry, state_dir):
+        """AGENTS.md (bounded) and WORKSTATE.md (lstat only) of an agent, from the directory the agent writes.
+
+        The directory is opened without following a symlink the agent can replace and the files relative to it
+        with O_NOFOLLOW|O_NONBLOCK: a symlink, a FIFO, a huge file or a hard link is a problem of this agent
+        (recorded in ``problems``), never followed, read whole or waited for.
+        """
         path = os.path.join(state_dir, "AGENTS.md")
         entry["agents_md_path"] = path
         try:
-            with open(path, "r", encoding="utf-8", errors="replace") as handle:
-                entry["agents_md"] = handle.read()
+            dir_fd = safefile.open_dir(state_dir) if os.path.isabs(state_dir) else None
+        except safefile.UnsafeEntry as exc:
+            entry["agents_md_error"] = "state directory not read: %s" % exc.message
+            entry["problems"].append(exc.message)
+            return
         except OSError as exc:
             entry["agents_md_error"] = "cannot read %s: %s" % (path, exc.strerror or exc)
-        return entry
+            return
+        if dir_fd is None:
+            entry["agents_md_error"] = "state directory %s is not an absolute path" % state_dir
+            return
+        try:
+            try:
+                data = safefile.read_file(dir_fd, "AGENTS.md", path, AGENTS_MD_MAX_BYTES)
+                entry["agents_md"] = data.decode("utf-8", "replace")
+            except safefile.UnsafeEntry as exc:
+                entry["agents_md_error"] = "not read: %s" % exc.message
+                entry["problems"].append(exc.message)
+            except OSError as exc:
+                entry["agents_md_error"] = "cannot read %s: %s" % (path, exc.strerror or exc)
+            workstate = os.path.join(state_dir, "WORKSTATE.md")
+            try:
+                safefile.check_regular(os.stat("WORKSTATE.md", dir_fd=dir_fd, follow_symlinks=False), workstate,
+                                       None, True)
+            except safefile.UnsafeEntry as exc:
+                entry["workstate_error"] = exc.message
+                entry["problems"].append(exc.message)
+            except OSError:
+                pass  # not written yet: not a finding
+        finally:
+            os.close(dir_fd)
 
     def rotation(self):
         cron_file = self.params["cron_file"]
@@ -770,8 +827,13 @@ def run_module():
     summary = "%d/%d passed" % (len(checklist) - len(failed), len(checklist))
     if failed:
         summary += "; failed: %s" % ", ".join(failed)
-    agents = [dict((k, a[k]) for k in ("unit", "name", "source", "load_state", "active_state"))
-              for a in facts["agents"]]
+    agents = []
+    for agent in facts["agents"]:
+        entry = dict((k, agent[k]) for k in ("unit", "name", "source", "load_state", "active_state"))
+        entry["problems"] = list(agent.get("problems") or [])
+        for problem in entry["problems"]:
+            module.warn("%s: %s" % (agent["unit"], problem))
+        agents.append(entry)
     module.exit_json(changed=False, checklist=checklist, agents=agents, passed=not failed, failed_items=failed,
                      summary=summary)
 

@@ -299,3 +299,96 @@ def test_module_rejects_bad_input(capsys, args, needle):
     result = _run(capsys, args)
     assert result["failed"] is True
     assert needle in result["msg"]
+
+
+# ---------------------------------------------------------------- hostile state directories
+#
+# Each agent's state directory belongs to the agent (nobody here) and its parent to root. The audit must
+# not follow a symlink there, block on a FIFO, read a 64 GiB sparse file or a hard link to a root-only
+# file; the hostile agent gets a finding, the others are audited as usual.
+
+import pwd  # noqa: E402
+import signal  # noqa: E402
+import tracemalloc  # noqa: E402
+
+from ansible.module_utils.common import warnings as ansible_warnings  # noqa: E402
+
+SECRET = "root-only-canary-audit-Lw4"
+
+
+@pytest.fixture
+def deadline():
+    def expired(signum, frame):
+        raise TimeoutError("blocked for more than 20 s")
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, 20)
+    yield
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: agent directories belong to nobody")
+def test_hostile_state_directories_are_findings_never_followed(tmp_path, capsys, deadline):
+    nobody = pwd.getpwnam("nobody")
+    config = tmp_path / "etc-agentops"
+    (config / "agents.d").mkdir(parents=True)
+    root = tmp_path / "agents"
+    root.mkdir(mode=0o755)
+    outside = tmp_path / "outside"
+    outside.mkdir(mode=0o700)
+    secret = outside / "AGENTS.md"
+    secret.write_text(AGENTS_MD.replace("## Failure modes", "## Failure modes\n- **%s**: x" % SECRET))
+    secret.chmod(0o600)
+    dirs = {}
+    for name in ("good", "plain", "link", "fifo", "huge", "hard", "ws"):
+        directory = root / name
+        directory.mkdir(mode=0o700)
+        os.chown(str(directory), nobody.pw_uid, nobody.pw_gid)
+        dirs[name] = directory
+        (config / "agents.d" / (name + ".json")).write_text(json.dumps(
+            {"name": name, "unit": "agentops-%s.service" % name, "state_dir": str(directory)}))
+    for name in ("good", "ws"):
+        (dirs[name] / "AGENTS.md").write_text(AGENTS_MD)
+    (dirs["good"] / "WORKSTATE.md").write_text("# state\n")
+    (dirs["plain"] / "AGENTS.md").write_text("# Agent\n")     # judged as usual next to the hostile ones
+    os.symlink(str(secret), str(dirs["link"] / "AGENTS.md"))
+    os.mkfifo(str(dirs["fifo"] / "AGENTS.md"))
+    os.mkfifo(str(dirs["fifo"] / "WORKSTATE.md"))
+    with open(str(dirs["huge"] / "AGENTS.md"), "wb") as handle:
+        handle.truncate(64 * 1024 ** 3)
+    os.link(str(secret), str(dirs["hard"] / "AGENTS.md"))
+    os.symlink(str(secret), str(dirs["ws"] / "WORKSTATE.md"))
+    ansible_warnings._global_warnings.clear()
+    tracemalloc.start()
+    try:
+        result = _run(capsys, {"config_dir": str(config), "command": str(tmp_path / "agentops"),
+                               "cron_file": str(tmp_path / "cron"), "journal_root": str(tmp_path)})
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 32 * 1024 * 1024
+    assert not result.get("failed"), result.get("msg")
+    assert SECRET not in json.dumps(result)
+    problems = dict((a["name"], a["problems"]) for a in result["agents"])
+    assert problems["good"] == []
+    assert problems["link"] == ["%s is a symlink (not followed)" % (dirs["link"] / "AGENTS.md")]
+    assert problems["fifo"] == ["%s is a FIFO (not read)" % (dirs["fifo"] / "AGENTS.md"),
+                                "%s is a FIFO (not read)" % (dirs["fifo"] / "WORKSTATE.md")]
+    assert problems["huge"] == ["%s is too large: 68719476736 bytes, limit 1048576" % (dirs["huge"] / "AGENTS.md")]
+    assert problems["hard"][0].startswith("%s has more than one hard link" % (dirs["hard"] / "AGENTS.md"))
+    assert problems["ws"] == ["%s is a symlink (not followed)" % (dirs["ws"] / "WORKSTATE.md")]
+    warnings = [w if isinstance(w, str) else w["event"]["msg"] for w in result.get("warnings", [])]
+    assert sorted(warnings) == sorted("agentops-%s.service: %s" % (name, problem)
+                                      for name, found in problems.items() for problem in found)
+    items = by_id(result["checklist"])
+    workstate = items["workstate_protocol"]["reason"]
+    assert "agentops-good.service" not in workstate
+    assert "agentops-plain.service: %s does not mention WORKSTATE.md" % (dirs["plain"] / "AGENTS.md") in workstate
+    assert "agentops-link.service: not read: %s is a symlink" % (dirs["link"] / "AGENTS.md") in workstate
+    assert "agentops-ws.service: %s is a symlink" % (dirs["ws"] / "WORKSTATE.md") in workstate
+    failure_modes = items["failure_modes"]["reason"]
+    assert "agentops-fifo.service: not read: %s is a FIFO" % (dirs["fifo"] / "AGENTS.md") in failure_modes
+    assert "agentops-plain.service: %s has no 'Failure modes' section" % (dirs["plain"] / "AGENTS.md") in failure_modes
+    assert "agentops-good.service" not in failure_modes and "agentops-ws.service" not in failure_modes
+    assert not items["workstate_protocol"]["passed"] and not items["failure_modes"]["passed"]
+    assert oct(secret.stat().st_mode & 0o7777) == "0o600" and secret.stat().st_uid == 0
