@@ -196,3 +196,116 @@ def test_removed_agent_alerts_are_resolved(tmp_path, recorder, units):
     os.unlink(os.path.join(args.config_dir, "agents.d", "old.json"))
     assert run_heartbeat(args) == 0
     assert [b["severity"] for b in recorder.bodies()] == ["critical", "resolved"]
+
+
+# ---------------------------------------------------------------- files the agent can replace
+#
+# The progress file and WORKSTATE.md live in the agent's directory (owned by the agent, here nobody): a
+# symlink (even to a fresh file), a symlinked subdirectory or a FIFO there is no progress signal, is logged
+# once per change and is never followed or opened.
+
+import signal  # noqa: E402
+
+
+@pytest.fixture
+def deadline():
+    def expired(signum, frame):
+        raise TimeoutError("blocked for more than 20 s")
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, 20)
+    yield
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+def hostile_agent(args, name, **fields):
+    agent = add_agent(args, name, **fields)
+    if os.geteuid() == 0:
+        nobody = pwd.getpwnam("nobody")
+        os.chown(agent["state_dir"], nobody.pw_uid, nobody.pw_gid)
+        os.chmod(agent["state_dir"], 0o700)
+    return agent
+
+
+def log_lines(capsys, name):
+    return [line for line in capsys.readouterr().err.splitlines() if line.startswith("agentops: heartbeat %s:" % name)]
+
+
+def test_symlinked_progress_file_is_no_progress_signal(tmp_path, recorder, units, capsys):
+    args = make_args(tmp_path)
+    write_config(args, [webhook_channel(recorder)])
+    agent = hostile_agent(args, "sym", max_silence="30s")
+    units(agent["unit"], started_ago=600)
+    fresh = tmp_path / "outside-fresh"
+    touch(str(fresh), ago=0)
+    beat = os.path.join(agent["state_dir"], "heartbeat")
+    os.symlink(str(fresh), beat)
+    assert run_heartbeat(args) == 0
+    assert run_heartbeat(args) == 0
+    assert [(b["key"], b["severity"]) for b in recorder.bodies()] == [("sym/silent", "critical")]
+    assert log_lines(capsys, "sym") == [
+        "agentops: heartbeat sym: %s is a symlink (not followed); counted as no progress signal" % beat]
+    assert heartbeat.load_state(args, "sym")["unsafe_progress_file"].endswith("is a symlink (not followed)")
+    os.unlink(beat)
+    touch(beat, ago=0)                                   # a real progress file again
+    assert run_heartbeat(args) == 0
+    assert [(b["key"], b["severity"]) for b in recorder.bodies()][1:] == [("sym/silent", "resolved")]
+    assert "unsafe_progress_file" not in heartbeat.load_state(args, "sym")
+    assert log_lines(capsys, "sym") == []
+
+
+def test_progress_file_below_a_symlinked_directory(tmp_path, recorder, units, capsys):
+    args = make_args(tmp_path)
+    write_config(args, [webhook_channel(recorder)])
+    real = hostile_agent(args, "real", max_silence="30s", file="run/beat")
+    units(real["unit"], started_ago=600)
+    os.mkdir(os.path.join(real["state_dir"], "run"))
+    touch(os.path.join(real["state_dir"], "run", "beat"), ago=0)
+    linked = hostile_agent(args, "linked", max_silence="30s", file="run/beat")
+    units(linked["unit"], started_ago=600)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    touch(str(elsewhere / "beat"), ago=0)
+    os.symlink(str(elsewhere), os.path.join(linked["state_dir"], "run"))
+    assert run_heartbeat(args) == 0
+    assert [(b["key"], b["severity"]) for b in recorder.bodies()] == [("linked/silent", "critical")]
+    assert log_lines(capsys, "linked") == [
+        "agentops: heartbeat linked: %s is a symlink (not followed): in a directory that a user other than root "
+        "can write; counted as no progress signal" % os.path.join(linked["state_dir"], "run")]
+
+
+def test_fifo_progress_file_and_workstate_never_block(tmp_path, recorder, units, capsys, deadline):
+    args = make_args(tmp_path)
+    write_config(args, [webhook_channel(recorder)])
+    agent = hostile_agent(args, "fifo", max_silence="30s", workstate_max_age="60s")
+    units(agent["unit"], started_ago=600)
+    os.mkfifo(os.path.join(agent["state_dir"], "heartbeat"))
+    os.mkfifo(os.path.join(agent["state_dir"], "WORKSTATE.md"))
+    other = add_agent(args, "other", max_silence="30s")
+    units(other["unit"], started_ago=600)
+    touch(os.path.join(other["state_dir"], "heartbeat"), ago=0)
+    assert run_heartbeat(args) == 0
+    keys = sorted((b["key"], b["severity"]) for b in recorder.bodies())
+    assert keys == [("fifo/silent", "critical"), ("fifo/workstate", "warning")]
+    assert sorted(log_lines(capsys, "fifo")) == sorted([
+        "agentops: heartbeat fifo: %s/heartbeat is a FIFO (not read); counted as no progress signal"
+        % agent["state_dir"],
+        "agentops: heartbeat fifo: %s/WORKSTATE.md is a FIFO (not read); counted as no checkpoint"
+        % agent["state_dir"]])
+
+
+def test_symlinked_workstate_is_not_a_checkpoint(tmp_path, recorder, units, capsys):
+    args = make_args(tmp_path)
+    write_config(args, [webhook_channel(recorder)])
+    agent = hostile_agent(args, "ws", max_silence=None, workstate_max_age="60s")
+    units(agent["unit"], started_ago=600)
+    fresh = tmp_path / "fresh-elsewhere"
+    touch(str(fresh), ago=0)
+    os.symlink(str(fresh), os.path.join(agent["state_dir"], "WORKSTATE.md"))
+    assert run_heartbeat(args) == 0
+    assert [(b["key"], b["severity"]) for b in recorder.bodies()] == [("ws/workstate", "warning")]
+    assert len(log_lines(capsys, "ws")) == 1
+    os.unlink(os.path.join(agent["state_dir"], "WORKSTATE.md"))
+    touch(os.path.join(agent["state_dir"], "WORKSTATE.md"), ago=0)
+    assert run_heartbeat(args, force=True) == 0
+    assert [(b["key"], b["severity"]) for b in recorder.bodies()][1:] == [("ws/workstate", "resolved")]

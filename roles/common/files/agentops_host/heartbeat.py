@@ -143,7 +143,7 @@ def _note_unsafe(agent, hbstate, what, problem):
     """Log a hostile progress/WORKSTATE.md entry once per change (the state remembers the last one)."""
     field = "unsafe_" + what
     if problem and (hbstate is None or hbstate.get(field) != problem):
-        alert.log("heartbeat %s: %s; never followed, %s" % (agent["name"], problem, UNSAFE_MEANS[what]))
+        alert.log("heartbeat %s: %s; %s" % (agent["name"], problem, UNSAFE_MEANS[what]))
     if hbstate is not None:
         if problem:
             hbstate[field] = problem
