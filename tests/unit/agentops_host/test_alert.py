@@ -99,8 +99,11 @@ def test_receiver_down_spools_then_flush_delivers_exactly_once(tmp_path, recorde
     assert json.loads(open(files[0]).read())["attempts"] == 2
     back = Recorder(port)                            # the receiver comes back on the same port
     try:
-        assert alert.flush(args) == (2, 0)
-        assert alert.flush(args) == (0, 0)
+        assert alert.flush(args) == (0, 2)           # the channel backs off (at most 30 s after the first retry)
+        assert back.requests == []
+        later = time.time() + 31
+        assert alert.flush(args, now=later) == (2, 0)
+        assert alert.flush(args, now=later) == (0, 0)
         keys = [b["key"] for b in back.bodies()]
         assert keys == ["k1", "k2"]                  # oldest first, each once
     finally:

@@ -6,28 +6,75 @@ alerts through :func:`emit` and clears them through :func:`resolve`.
 * De-duplication: an alert is identified by its key. While a key is open (firing) it is
   sent once, then reminded at most every ``alert_repeat_seconds``; a higher severity is
   sent at once. ``resolve`` sends exactly one ``resolved`` message for an open key.
-  Severity ``info`` is a one-off notice and never opens a key.
+  Severity ``info`` is a one-off notice and never opens a key. ``agentops failure`` (the
+  ``OnFailure=`` handler of the agents and of the collection's own units) is de-duplicated
+  the same way: a unit that fails at every tick alerts once per incident, then as a reminder.
+  When no channel took a message (not even into the spool), the key is marked unsent and
+  the next ``emit`` sends it again instead of waiting for a reminder.
 * Channels (``alert_channels`` in ``agentops.json``): ``telegram`` (Bot API sendMessage,
-  HTML, honours 429 ``retry_after``), ``webhook`` (JSON POST), ``command`` (text on stdin).
-* Nothing is lost: a message a channel did not accept is spooled, one file per message
-  and channel, written atomically under ``<spool_dir>/alerts/<channel>/``, and delivered
-  by ``agentops flush`` (run by ``agentops-alert-flush.timer``) exactly once.
-* Every attempt and outcome is written to stderr (the journal under systemd). Secrets
-  (bot tokens, webhook URLs) are scrubbed from every line and never part of an error.
+  HTML, honours 429 ``retry_after``), ``webhook`` (JSON POST, optional ``headers``),
+  ``command`` (text on stdin, minimal environment, run in its own process group).
+* Isolation: every channel and every message on its own. Any exception while sending one
+  message to one channel (a RecursionError, MemoryError, UnicodeError, anything) is that
+  message's failure only; the other channels and the other spooled messages are still tried.
+* Requests: one overall deadline per request (``alert_timeout_seconds``: name resolution,
+  connect, TLS, request, answer), enforced by a watchdog that shuts the socket down, so a
+  server trickling a byte a second cannot hold a delivery. No redirect is followed: any 3xx
+  is a failure. At most 64 KiB of an answer is read, JSON is parsed only up to a small
+  nesting depth, and only a short, scrubbed excerpt of it is ever logged or spooled. A
+  header value or URL with CR, LF or another control character is refused before sending.
+* Spool: a message a channel did not take is written atomically, one file per message and
+  channel, under ``<spool_dir>/alerts/<channel>/`` and delivered by ``agentops flush`` (run by
+  ``agentops-alert-flush.timer``) exactly once, oldest first per channel, every channel in
+  its own thread. Failures are classified:
+
+  - permanent (a 4xx other than 408/425/429): that message only; the pass goes on with
+    the messages behind it;
+  - transient (connection error, deadline, 3xx, 5xx, 408/425/429, a failing command):
+    ends this channel's pass for this run, keeping the order; other channels go on;
+  - an unexpected exception: that message only.
+
+  Retries back off exponentially with jitter (30 s doubling up to 1 h, after the first
+  retry at the next flush); a ``retry_after`` (Telegram's ``parameters.retry_after``, a
+  ``Retry-After`` header in seconds or as an HTTP date) is clamped to [0, 1 h] and honoured
+  when it is longer.
+* Dead letters: a message is given up only when it is older than ``alert_max_age_seconds``
+  (24 h) or after ``alert_permanent_failures`` (3) permanent answers in a row -- never
+  because an outage outlasted a number of attempts. Over ``alert_spool_max`` (1000) messages
+  per channel, the oldest ``info``/``resolved`` messages go first, then warnings; criticals
+  never. A given-up message is moved (rename) to ``<spool_dir>/alerts/.dead/<channel>/``
+  with the reason added to it; nothing is deleted. Moving a file back into its channel's
+  folder requeues it. One warning ``host/alert-dead-letter:<channel>`` (de-duplicated) goes
+  through the other channels and is resolved once that dead-letter folder is empty.
+  :func:`dead_letter_count` and :func:`dead_letter_summary` feed ``agentops status``.
+* Every attempt and outcome is written to stderr (the journal under systemd). Secrets (bot
+  tokens, webhook URLs, header values, tokens, passwords) are scrubbed from every line and
+  never part of an error; a library's error text (which can hold a URL) is never echoed,
+  only its class; text is masked before it is cut.
 """
+import contextlib
 import datetime
+import email.utils
+import errno
+import fcntl
 import hashlib
 import html
+import http.client
 import json
+import math
 import os
+import random
+import re
+import select
 import shlex
+import signal
 import socket
+import ssl
 import subprocess
 import sys
+import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 import uuid
 
 from agentops_host import config as hostconfig
@@ -43,38 +90,114 @@ MAX_INLINE_RETRY_AFTER = 30     # longest 429 retry_after honoured by waiting in
 MAX_429_ATTEMPTS = 3            # sends per delivery attempt when the API keeps answering 429
 JOURNAL_LINES = 20
 
+DEFAULT_TIMEOUT = 10.0          # alert_timeout_seconds: overall deadline of one request / command
+DEFAULT_MAX_AGE = 24 * 3600     # alert_max_age_seconds: a spooled message older than this is given up
+DEFAULT_PERMANENT_FAILURES = 3  # alert_permanent_failures: permanent answers in a row before giving up
+DEFAULT_SPOOL_MAX = 1000        # alert_spool_max: spooled messages per channel
+RETRY_AFTER_MAX = 3600.0        # any retry_after is clamped to [0, this]
+BACKOFF_BASE = 30.0             # first backoff step of a spooled retry (seconds) ...
+BACKOFF_MAX = 3600.0            # ... doubling up to this
+FLUSH_BUDGET = 240.0            # one flush run starts no new send after this many seconds
+RESPONSE_LIMIT = 65536          # bytes of an answer read at most
+OUTPUT_LIMIT = 65536            # bytes of a command channel's output kept at most
+JSON_MAX_DEPTH = 32             # an answer nested deeper is not parsed as JSON
+EXCERPT_CHARS = 200             # characters of an answer or output kept in a log line / the spool
+PIPE_GRACE = 1.0                # seconds a command's output is still read after it exited
+TRANSIENT_4XX = (408, 425, 429)
+DEAD_LETTER_KEY = "host/alert-dead-letter:%s"
+
+TRANSIENT = "transient"
+PERMANENT = "permanent"
+ERROR = "error"
+
+SECRET_FIELDS = ("bot_token", "url", "token", "routing_key", "password", "secret")
+
 _SECRETS = set()
+_SECRETS_SORTED = []
+_RNG = random.Random()
+_LOCAL = threading.local()
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_UNSAFE_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_UNSAFE_URL = re.compile(r"[^\x21-\x7e]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_RESERVED_HEADERS = ("host", "content-length", "connection", "transfer-encoding")
 
 
 # --------------------------------------------------------------------------- logging / secrets
+def _add_secret(value):
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        return
+    candidates = {value, value.strip()}
+    candidates.update(line.strip() for line in value.splitlines())
+    words = value.split()
+    if len(words) > 1:
+        candidates.add(words[-1])              # "Bearer <token>": the token alone too
+    for candidate in candidates:
+        if len(candidate) < 4:
+            continue
+        _SECRETS.add(candidate)
+        _SECRETS.add(urllib.parse.quote(candidate, safe=""))
+        _SECRETS.add(urllib.parse.quote(candidate, safe=":/"))
+        _SECRETS.add(candidate.encode("unicode_escape").decode("ascii"))
+    _SECRETS_SORTED[:] = sorted(_SECRETS, key=len, reverse=True)
+
+
 def _register_secrets(channels):
     for channel in channels or []:
         if not isinstance(channel, dict):
             continue
-        for field in ("bot_token", "url"):
-            value = channel.get(field)
-            if isinstance(value, str) and len(value) >= 4:
-                _SECRETS.add(value)
-                _SECRETS.add(urllib.parse.quote(value, safe=""))
-                _SECRETS.add(urllib.parse.quote(value, safe=":/"))
+        for field in SECRET_FIELDS:
+            _add_secret(channel.get(field))
+        headers = channel.get("headers")
+        if isinstance(headers, dict):
+            for value in headers.values():
+                _add_secret(value)
 
 
 def scrub(text):
     """Replace every known secret in ``text`` by ``<redacted>``."""
     text = str(text)
-    for secret in sorted(_SECRETS, key=len, reverse=True):
+    for secret in _SECRETS_SORTED:
         if secret and secret in text:
             text = text.replace(secret, "<redacted>")
     return text
 
 
+def excerpt(text, limit=EXCERPT_CHARS):
+    """A short, single-line, scrubbed excerpt of untrusted text (masked first, then cut)."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    text = scrub(text)
+    text = " ".join(_CONTROL.sub(" ", text).split())
+    if len(text) > limit:
+        text = text[:limit] + "..."
+    return text
+
+
+def describe_exception(exc):
+    """The class of an error and a detail that cannot hold a URL or secret (an errno or TLS reason)."""
+    name = type(exc).__name__
+    detail = None
+    if isinstance(exc, ssl.SSLError):
+        detail = getattr(exc, "reason", None)
+    elif isinstance(exc, socket.gaierror):
+        detail = {getattr(socket, n): n for n in dir(socket) if n.startswith("EAI_")}.get(exc.errno)
+    elif isinstance(exc, OSError) and exc.errno:
+        detail = errno.errorcode.get(exc.errno)
+    if isinstance(detail, str) and re.match(r"^[A-Z][A-Z0-9_]{0,60}$", detail):
+        return "%s (%s)" % (name, detail)
+    return name
+
+
 def log(message):
     """One line to stderr: the journal when running under systemd."""
-    line = scrub(message).replace("\n", " | ")
     try:
+        line = scrub(message).replace("\n", " | ")
         sys.stderr.write("agentops: %s\n" % line)
         sys.stderr.flush()
-    except (OSError, ValueError):
+    except Exception:  # pylint: disable=broad-except
         pass
 
 
@@ -87,6 +210,10 @@ def _spool_root(args):
     return os.path.join(args.spool_dir, "alerts")
 
 
+def _dead_root(args):
+    return os.path.join(_spool_root(args), ".dead")
+
+
 def _key_file(args, key):
     return os.path.join(_alerts_state_dir(args), hashlib.sha256(key.encode("utf-8")).hexdigest()[:32] + ".json")
 
@@ -94,33 +221,76 @@ def _key_file(args, key):
 def load_config(args):
     cfg = hostconfig.load_host_config(args.config_dir)
     channels = cfg.get("alert_channels") or []
-    _register_secrets(channels)
+    _register_secrets(channels if isinstance(channels, list) else [])
     return cfg
+
+
+def _number(cfg, name, default, low, high):
+    value = cfg.get(name)
+    if value is None or isinstance(value, bool):
+        return default
+    try:
+        value = float(value)
+    except (TypeError, ValueError, OverflowError):
+        log("%s=%r in agentops.json is not a number: using %s" % (name, value, default))
+        return default
+    if math.isnan(value):
+        return default
+    return min(high, max(low, value))
+
+
+def settings(cfg):
+    """The delivery settings of ``agentops.json``, each bounded (a bad value falls back to its default)."""
+    return {
+        "timeout": _number(cfg, "alert_timeout_seconds", DEFAULT_TIMEOUT, 0.5, 600.0),
+        "max_wait": _number(cfg, "alert_retry_after_max_seconds", MAX_INLINE_RETRY_AFTER, 0.0, RETRY_AFTER_MAX),
+        "max_age": _number(cfg, "alert_max_age_seconds", DEFAULT_MAX_AGE, 1.0, 10 * 365 * 86400.0),
+        "permanent_failures": int(_number(cfg, "alert_permanent_failures", DEFAULT_PERMANENT_FAILURES, 1, 1000)),
+        "spool_max": int(_number(cfg, "alert_spool_max", DEFAULT_SPOOL_MAX, 1, 10 ** 7)),
+    }
+
+
+def _channels(cfg):
+    channels = cfg.get("alert_channels") or []
+    return channels if isinstance(channels, list) else []
 
 
 def channel_id(channel):
     """Stable, secret-free identity of a channel: its spool folder name.
 
-    Built from non-secret fields only, so a rotated bot token keeps the spool.
+    Built from non-secret fields only (the webhook URL only as a hash), so a rotated bot
+    token keeps the spool.
     """
-    ctype = channel.get("type", "unknown")
+    ctype = str(channel.get("type", "unknown"))
     if ctype == "telegram":
         ident = "%s|%s" % (channel.get("api_url") or DEFAULT_TELEGRAM_API, channel.get("chat_id"))
     elif ctype == "webhook":
         ident = str(channel.get("url"))
     else:
         ident = str(channel.get("command"))
-    return "%s-%s" % (ctype, hashlib.sha256(ident.encode("utf-8")).hexdigest()[:16])
+    safe = re.sub(r"[^a-z0-9_]", "_", ctype.lower())[:20] or "unknown"
+    return "%s-%s" % (safe, hashlib.sha256(ident.encode("utf-8", "replace")).hexdigest()[:16])
 
 
 def channel_label(index, channel):
-    return "%s#%d" % (channel.get("type", "unknown"), index)
+    return "%s#%d" % (re.sub(r"[^a-z0-9_]", "_", str(channel.get("type", "unknown")).lower())[:20], index)
 
 
 def _iso(epoch):
     if epoch is None:
         return None
-    return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).replace(microsecond=0).isoformat()
+    try:
+        return datetime.datetime.fromtimestamp(float(epoch), datetime.timezone.utc).replace(microsecond=0).isoformat()
+    except (TypeError, ValueError, OverflowError, OSError):
+        return None
+
+
+def _float(value, default=0.0):
+    try:
+        value = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return default
+    return default if math.isnan(value) else value
 
 
 # --------------------------------------------------------------------------- open alerts
@@ -141,7 +311,7 @@ def open_alerts(args, agent=None):
         if agent is not None and not belongs_to(data, agent):
             continue
         found.append(data)
-    return sorted(found, key=lambda a: a.get("first_seen") or 0)
+    return sorted(found, key=lambda a: _float(a.get("first_seen")))
 
 
 def belongs_to(item, agent):
@@ -177,7 +347,7 @@ def build_message(cfg, severity, key, title, body="", agent=None, unit=None, sin
 
 
 def _headline(msg):
-    tag = msg["severity"].upper()
+    tag = str(msg["severity"]).upper()
     if msg.get("reminder"):
         tag += " (still firing)"
     return "[%s] %s: %s" % (tag, msg["host"], msg["title"])
@@ -198,7 +368,7 @@ def plain_text(msg):
     """The message as plain text (command channel, journal)."""
     text = _headline(msg) + "\n" + "\n".join(_details(msg))
     if msg.get("body"):
-        text += "\n\n" + msg["body"]
+        text += "\n\n" + str(msg["body"])
     return text + "\n"
 
 
@@ -206,7 +376,7 @@ def telegram_text(msg, limit=TELEGRAM_LIMIT):
     """The message in Telegram's HTML parse mode, escaped and at most ``limit`` characters."""
     head = "<b>%s</b>\n%s" % (html.escape(_headline(msg), quote=False),
                               html.escape("\n".join(_details(msg)), quote=False))
-    body = msg.get("body") or ""
+    body = str(msg.get("body") or "")
     if not body:
         return head[:limit]
     marker = "\n[cut]"
@@ -226,110 +396,461 @@ def telegram_text(msg, limit=TELEGRAM_LIMIT):
 
 
 def webhook_payload(msg):
-    return {k: msg[k] for k in ("host", "agent", "unit", "severity", "key", "title", "body", "since",
-                                "fingerprint", "time", "reminder")}
+    return {k: msg.get(k) for k in ("host", "agent", "unit", "severity", "key", "title", "body", "since",
+                                    "fingerprint", "time", "reminder")}
+
+
+# --------------------------------------------------------------------------- delivery errors
+class DeliveryError(Exception):
+    """A channel did not take a message.
+
+    ``kind``: ``permanent`` (this message will not be taken as it is), ``transient`` (the
+    channel cannot take anything now) or ``error`` (an unexpected exception for this message).
+    ``retry_after``: seconds the channel asked to wait (already clamped). ``status``: HTTP status.
+    """
+
+    def __init__(self, message, retry_after=None, kind=TRANSIENT, status=None):
+        Exception.__init__(self, scrub(message))
+        self.retry_after = retry_after
+        self.kind = kind
+        self.status = status
+
+
+def classify_status(status):
+    """``permanent`` for a 4xx other than 408/425/429, else ``transient`` (3xx, 5xx, anything odd)."""
+    if 400 <= status < 500 and status not in TRANSIENT_4XX:
+        return PERMANENT
+    return TRANSIENT
+
+
+def http_error(status, answer_text, retry_after=None, code=None):
+    """The DeliveryError for a non-2xx answer (3xx: never followed; the answer only as an excerpt)."""
+    code = status if code is None else code
+    if 300 <= status < 400:
+        text = "HTTP %d: a redirect, not followed (the message was not delivered)" % status
+    else:
+        text = "HTTP %d" % status
+        if code != status:
+            text += " (error_code %d)" % code
+        detail = excerpt(answer_text)
+        if detail:
+            text += ": " + detail
+    if retry_after is not None:
+        text += " retry_after=%gs" % retry_after
+    return DeliveryError(text, retry_after=retry_after, kind=classify_status(code), status=status)
+
+
+def clamp_retry_after(value, now=None):
+    """Seconds to wait from a retry_after value, clamped to [0, 1 h]; None when absent or unreadable.
+
+    Accepts numbers and numeric strings (``1e12``, ``inf`` and overflowing values clamp to
+    1 h, negatives to 0, ``nan`` is ignored) and HTTP dates (``Retry-After``).
+    """
+    if value is None or isinstance(value, bool):
+        return None
+    seconds = None
+    if isinstance(value, (int, float)):
+        try:
+            seconds = float(value)
+        except OverflowError:
+            seconds = math.inf if value > 0 else -math.inf
+    else:
+        text = str(value).strip()[:100]
+        try:
+            seconds = float(text)
+        except ValueError:
+            try:
+                when = email.utils.parsedate_to_datetime(text)
+            except (TypeError, ValueError, IndexError, OverflowError):
+                return None
+            if when is None:
+                return None
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=datetime.timezone.utc)
+            try:
+                seconds = when.timestamp() - (time.time() if now is None else now)
+            except (OverflowError, OSError, ValueError):
+                return None
+    if math.isnan(seconds):
+        return None
+    return min(RETRY_AFTER_MAX, max(0.0, seconds))
+
+
+def retry_after(body, headers):
+    """retry_after asked for by an answer: Telegram's ``parameters.retry_after``, else ``Retry-After``."""
+    value = None
+    if isinstance(body, dict):
+        params = body.get("parameters")
+        if isinstance(params, dict):
+            value = params.get("retry_after")
+        if value is None:
+            value = body.get("retry_after")
+    if value is None and headers is not None:
+        try:
+            value = headers.get("Retry-After")
+        except Exception:  # pylint: disable=broad-except
+            value = None
+    return clamp_retry_after(value)
+
+
+def backoff(failures, rng=None):
+    """Seconds before retry number ``failures`` (>= 1) of a spooled message: 30 s doubling up to 1 h,
+    with jitter (between half and all of the step)."""
+    step = min(BACKOFF_MAX, BACKOFF_BASE * 2 ** min(max(int(failures), 1) - 1, 30))
+    return step * (rng or _RNG).uniform(0.5, 1.0)
+
+
+# --------------------------------------------------------------------------- HTTP with one deadline
+def _remaining(deadline, timeout):
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise DeliveryError("no complete answer within the deadline of %gs" % timeout)
+    return left
+
+
+def _check_url(url):
+    """(scheme, host, port, request target) of an http(s) URL; refuses spaces and control characters."""
+    if not isinstance(url, str) or not url or _UNSAFE_URL.search(url):
+        raise DeliveryError("the channel's URL is empty or holds spaces, control or non-ASCII characters "
+                            "(value not shown)")
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise DeliveryError("the channel's URL does not parse (value not shown)") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise DeliveryError("the channel's URL is not an http:// or https:// URL (value not shown)")
+    target = parts.path or "/"
+    if parts.query:
+        target += "?" + parts.query
+    return parts.scheme, parts.hostname, port or (443 if parts.scheme == "https" else 80), target
+
+
+def check_headers(headers):
+    """A list of (name, value) from a header dict; refuses CR/LF and other control characters."""
+    out = []
+    if headers is None:
+        return out
+    if not isinstance(headers, dict):
+        raise DeliveryError("headers of the channel must be a mapping")
+    for name, value in headers.items():
+        name = str(name)
+        if not _HEADER_NAME.match(name):
+            raise DeliveryError("header name %r is not a valid HTTP token" % excerpt(name, 40))
+        if name.lower() in _RESERVED_HEADERS:
+            raise DeliveryError("header %s is set by the alert path and cannot be configured" % name)
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise DeliveryError("header %s: the value must be a string (value not shown)" % name)
+        value = str(value)
+        if _UNSAFE_VALUE.search(value):
+            raise DeliveryError("header %s: the value holds CR, LF or another control character "
+                                "(refused before sending; value not shown)" % name)
+        try:
+            value.encode("latin-1")
+        except UnicodeError:
+            raise DeliveryError("header %s: the value is not Latin-1 (value not shown)" % name) from None
+        out.append((name, value))
+    return out
+
+
+def _resolve_host(host, port, deadline, timeout):
+    """getaddrinfo bounded by the deadline (it runs in a thread that is left behind when it hangs)."""
+    box = {}
+
+    def lookup():
+        try:
+            box["infos"] = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+        except Exception as exc:  # pylint: disable=broad-except
+            box["error"] = exc
+
+    worker = threading.Thread(target=lookup, name="agentops-resolve", daemon=True)
+    worker.start()
+    worker.join(_remaining(deadline, timeout))
+    if worker.is_alive():
+        raise DeliveryError("name resolution did not finish within the deadline of %gs" % timeout)
+    if "error" in box:
+        raise DeliveryError("name resolution failed: %s" % describe_exception(box["error"]))
+    return box.get("infos") or []
+
+
+def http_post(url, data, headers=None, timeout=DEFAULT_TIMEOUT, limit=RESPONSE_LIMIT):
+    """POST ``data``; return (status, answer bytes (at most ``limit``), answer headers).
+
+    One deadline covers the whole request: a watchdog shuts the socket down when it passes,
+    which ends any blocked read or write. Redirects are not followed (http.client never does).
+    Errors carry the class of the error, never the library's text or the URL. Once the status
+    and headers are in, a body cut short by the deadline is returned as far as it came.
+    """
+    scheme, host, port, target = _check_url(url)
+    header_list = check_headers(headers)
+    deadline = time.monotonic() + timeout
+    expired = threading.Event()
+    guard = threading.Lock()
+    killers = []
+    opened = []
+
+    def expire():
+        with guard:
+            expired.set()
+            for killer in killers:
+                with contextlib.suppress(OSError):
+                    killer.shutdown(socket.SHUT_RDWR)
+
+    watchdog = threading.Timer(timeout, expire)
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        try:
+            sock = None
+            last_error = None
+            for family, socktype, proto, _name, address in _resolve_host(host, port, deadline, timeout):
+                candidate = socket.socket(family, socktype, proto)
+                opened.append(candidate)
+                try:
+                    candidate.settimeout(_remaining(deadline, timeout))
+                    candidate.connect(address)
+                except OSError as exc:
+                    last_error = exc
+                    continue
+                sock = candidate
+                break
+            if sock is None:
+                if last_error is None:
+                    raise DeliveryError("connection failed: no address for the host")
+                raise DeliveryError("connection failed: %s" % describe_exception(last_error))
+            with guard:
+                killers.append(sock.dup())      # shutdown() on a duplicate ends I/O on the same socket
+                if expired.is_set():
+                    raise DeliveryError("no complete answer within the deadline of %gs" % timeout)
+            if scheme == "https":
+                context = ssl.create_default_context()
+                sock.settimeout(_remaining(deadline, timeout))
+                sock = context.wrap_socket(sock, server_hostname=host)
+                opened.append(sock)
+                conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=context)
+            else:
+                conn = http.client.HTTPConnection(host, port, timeout=timeout)
+            conn.sock = sock
+            opened.append(conn)
+            sock.settimeout(_remaining(deadline, timeout))
+            conn.putrequest("POST", target, skip_accept_encoding=True)
+            conn.putheader("User-Agent", "agentops-alert")
+            conn.putheader("Connection", "close")
+            conn.putheader("Content-Length", str(len(data)))
+            for name, value in header_list:
+                conn.putheader(name, value)
+            conn.endheaders(data)
+            sock.settimeout(_remaining(deadline, timeout))
+            response = conn.getresponse()
+            opened.append(response)
+            status, answer_headers = response.status, response.msg
+        except DeliveryError:
+            raise
+        except Exception as exc:  # pylint: disable=broad-except
+            if expired.is_set() or time.monotonic() >= deadline:
+                raise DeliveryError("no complete answer within the deadline of %gs" % timeout) from None
+            raise DeliveryError("request failed: %s" % describe_exception(exc)) from None
+        chunks = []
+        total = 0
+        try:
+            while total < limit and not expired.is_set():
+                sock.settimeout(_remaining(deadline, timeout))
+                chunk = response.read(min(16384, limit - total))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                total += len(chunk)
+        except Exception:  # pylint: disable=broad-except
+            pass                                # the status is in: keep what came
+        return status, b"".join(chunks), answer_headers
+    finally:
+        watchdog.cancel()
+        with guard:
+            for item in reversed(killers + opened):
+                with contextlib.suppress(Exception):
+                    item.close()
+
+
+def _json_depth_ok(text, limit=JSON_MAX_DEPTH):
+    if text.count("[") + text.count("{") <= limit:
+        return True
+    depth = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            if depth > limit:
+                return False
+        elif char in "]}":
+            depth -= 1
+    return True
+
+
+def parse_answer(raw):
+    """(parsed JSON or None, text) of an answer; never recurses deeper than JSON_MAX_DEPTH."""
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+    stripped = text.strip()
+    if stripped[:1] in ("{", "[") and _json_depth_ok(stripped):
+        try:
+            return json.loads(stripped), text
+        except (ValueError, RecursionError):
+            pass
+    return None, text
 
 
 # --------------------------------------------------------------------------- channels
-class DeliveryError(Exception):
-    """A channel did not accept a message. ``retry_after``: seconds the channel asked to wait."""
-
-    def __init__(self, message, retry_after=None):
-        Exception.__init__(self, scrub(message))
-        self.retry_after = retry_after
-
-
-def _post_json(url, payload, timeout):
-    """POST JSON; return (status, parsed-or-text body, headers). Errors never carry the URL."""
-    data = json.dumps(payload).encode("utf-8")
-    request = urllib.request.Request(url, data=data, method="POST",
-                                     headers={"Content-Type": "application/json",
-                                              "User-Agent": "agentops-alert"})
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler(
-        {} if urllib.parse.urlsplit(url).hostname in ("127.0.0.1", "localhost", "::1") else None))
-    try:
-        with opener.open(request, timeout=timeout) as response:
-            status, raw, headers = response.status, response.read(65536), response.headers
-    except urllib.error.HTTPError as exc:
-        status, headers = exc.code, exc.headers
-        try:
-            raw = exc.read(65536)
-        except Exception:  # pylint: disable=broad-except
-            raw = b""
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise DeliveryError("connection failed: %s" % (reason,)) from None
-    except Exception as exc:  # pylint: disable=broad-except
-        raise DeliveryError("request failed: %s" % type(exc).__name__) from None
-    text = raw.decode("utf-8", "replace")
-    try:
-        body = json.loads(text)
-    except ValueError:
-        body = text
-    return status, body, headers
-
-
-def _retry_after(body, headers):
-    value = None
-    if isinstance(body, dict):
-        value = (body.get("parameters") or {}).get("retry_after")
-    if value is None and headers is not None:
-        value = headers.get("Retry-After")
-    try:
-        return max(0.0, float(value))
-    except (TypeError, ValueError):
-        return None
-
-
 def send_telegram(channel, msg, timeout, max_wait=MAX_INLINE_RETRY_AFTER, sleep=time.sleep):
-    token = str(channel.get("bot_token", ""))
+    token = channel.get("bot_token")
+    if not isinstance(token, str) or not token or _UNSAFE_URL.search(token) or "/" in token:
+        raise DeliveryError("bot_token is empty or holds spaces, '/', control or non-ASCII characters (value not shown)")
     api = str(channel.get("api_url") or DEFAULT_TELEGRAM_API).rstrip("/")
     url = "%s/bot%s/sendMessage" % (api, urllib.parse.quote(token, safe=":"))
     payload = {"chat_id": channel.get("chat_id"), "text": telegram_text(msg),
                "parse_mode": "HTML", "disable_web_page_preview": True}
+    data = json.dumps(payload).encode("utf-8")
     for attempt in range(1, MAX_429_ATTEMPTS + 1):
-        status, body, headers = _post_json(url, payload, timeout)
-        if 200 <= status < 300 and not (isinstance(body, dict) and body.get("ok") is False):
+        status, raw, headers = http_post(url, data, {"Content-Type": "application/json"}, timeout)
+        body, text = parse_answer(raw)
+        refused = isinstance(body, dict) and body.get("ok") is False
+        if 200 <= status < 300 and not refused:
             return "HTTP %d" % status
-        description = body.get("description") if isinstance(body, dict) else str(body)[:200]
-        if status == 429:
-            wait = _retry_after(body, headers)
+        code = status
+        if isinstance(body, dict):
+            if isinstance(body.get("error_code"), int) and 400 <= body["error_code"] < 600:
+                code = body["error_code"]
+            if isinstance(body.get("description"), str):
+                text = body["description"]
+        wait = retry_after(body, headers)
+        if code == 429:
             wait = 1.0 if wait is None else wait
             if wait <= max_wait and attempt < MAX_429_ATTEMPTS:
-                log("telegram answered 429, waiting retry_after=%ss (attempt %d)" % (wait, attempt))
+                log("telegram answered 429, waiting retry_after=%gs (attempt %d)" % (wait, attempt))
                 sleep(wait)
                 continue
-            raise DeliveryError("HTTP 429 retry_after=%s" % wait, retry_after=wait)
-        raise DeliveryError("HTTP %s: %s" % (status, description))
+        if 200 <= status < 300:         # ok: false with a 2xx status: classified by its error_code
+            detail = excerpt(text)
+            raise DeliveryError("HTTP %d ok=false%s%s" % (status, " (error_code %d)" % code if code != status else "",
+                                                          (": " + detail) if detail else ""),
+                                retry_after=wait, kind=classify_status(code) if code != status else TRANSIENT,
+                                status=status)
+        raise http_error(status, text, wait, code=code)
     raise DeliveryError("HTTP 429: gave up")
 
 
 def send_webhook(channel, msg, timeout, max_wait=MAX_INLINE_RETRY_AFTER, sleep=time.sleep):
-    url = str(channel.get("url", ""))
-    status, body, headers = _post_json(url, webhook_payload(msg), timeout)
+    url = channel.get("url")
+    headers = {"Content-Type": "application/json"}
+    for name, value in check_headers(channel.get("headers")):      # refused before anything is sent
+        for existing in [k for k in headers if k.lower() == name.lower()]:
+            del headers[existing]
+        headers[name] = value
+    data = json.dumps(webhook_payload(msg)).encode("utf-8")
+    status, raw, answer_headers = http_post(url, data, headers, timeout)
     if 200 <= status < 300:
         return "HTTP %d" % status
-    if status == 429:
-        raise DeliveryError("HTTP 429", retry_after=_retry_after(body, headers))
-    raise DeliveryError("HTTP %s" % status)
+    body, text = parse_answer(raw)
+    raise http_error(status, text, retry_after(body, answer_headers))
+
+
+def _exchange(proc, data, deadline):
+    """Feed ``data`` to the command and read its output (at most OUTPUT_LIMIT bytes) until it exits,
+    without blocking past ``deadline``. Returns (output, timed out)."""
+    output = bytearray()
+    pending = memoryview(data)
+    stdin, stdout = proc.stdin, proc.stdout
+    os.set_blocking(stdout.fileno(), False)
+    if pending:
+        os.set_blocking(stdin.fileno(), False)
+    else:
+        stdin.close()
+        stdin = None
+    exited_at = None
+    try:
+        while stdout is not None or stdin is not None:
+            now = time.monotonic()
+            if now >= deadline:
+                return bytes(output), True
+            if exited_at is None and proc.poll() is not None:
+                exited_at = now
+            if exited_at is not None and now - exited_at > PIPE_GRACE:
+                break                   # a child that left the command's process group still holds the pipe
+            readers = [stdout] if stdout is not None else []
+            writers = [stdin] if stdin is not None else []
+            ready_r, ready_w, _ = select.select(readers, writers, [], min(deadline - now, 0.25))
+            if ready_w:
+                try:
+                    written = os.write(stdin.fileno(), pending[:65536])
+                    pending = pending[written:]
+                except BlockingIOError:
+                    pass
+                except OSError:             # the command closed its stdin: it does not want the rest
+                    pending = pending[len(pending):]
+                if not pending:
+                    stdin.close()
+                    stdin = None
+            if ready_r:
+                try:
+                    chunk = os.read(stdout.fileno(), 65536)
+                except BlockingIOError:
+                    chunk = None
+                if chunk == b"":
+                    stdout.close()
+                    stdout = None
+                elif chunk and len(output) < OUTPUT_LIMIT:
+                    output += chunk[:OUTPUT_LIMIT - len(output)]
+        try:
+            proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            return bytes(output), True
+        return bytes(output), False
+    finally:
+        for pipe in (stdin, stdout):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
 
 
 def send_command(channel, msg, timeout, max_wait=MAX_INLINE_RETRY_AFTER, sleep=time.sleep):
-    argv = shlex.split(str(channel.get("command", "")))
+    try:
+        argv = shlex.split(str(channel.get("command", "")))
+    except ValueError:
+        raise DeliveryError("command channel: the command line does not parse") from None
     if not argv or not os.path.isabs(argv[0]):
         raise DeliveryError("command channel needs an absolute command")
     env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
     for field in ("host", "agent", "unit", "severity", "key", "title", "since", "fingerprint"):
-        env["AGENTOPS_ALERT_" + field.upper()] = str(msg.get(field) or "")
+        env["AGENTOPS_ALERT_" + field.upper()] = _CONTROL.sub(" ", str(msg.get(field) or ""))
+    data = plain_text(msg).encode("utf-8", "replace")
+    deadline = time.monotonic() + timeout
     try:
-        proc = subprocess.run(argv, input=plain_text(msg), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True, timeout=timeout, env=env, check=False)
-    except subprocess.TimeoutExpired:
-        raise DeliveryError("command timed out after %ss" % timeout) from None
-    except OSError as exc:
-        raise DeliveryError("command could not run: %s" % exc.strerror) from None
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                env=env, cwd="/", close_fds=True, start_new_session=True)
+    except (OSError, ValueError) as exc:
+        raise DeliveryError("command could not run: %s" % describe_exception(exc)) from None
+    try:
+        output, timed_out = _exchange(proc, data, deadline)
+    finally:
+        if proc.poll() is None:
+            with contextlib.suppress(OSError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(5)
+    if timed_out:
+        raise DeliveryError("command timed out after %gs (killed)" % timeout)
+    if proc.returncode is None or proc.returncode < 0:
+        raise DeliveryError("command killed by signal %s" % (-(proc.returncode or 0)))
     if proc.returncode != 0:
-        raise DeliveryError("command exited %d: %s" % (proc.returncode, (proc.stdout or "").strip()[:200]))
+        detail = excerpt(output)
+        raise DeliveryError("command exited %d%s" % (proc.returncode, (": " + detail) if detail else ""))
     return "exit 0"
 
 
@@ -340,121 +861,434 @@ def send(cfg, channel, msg):
     """Send one message to one channel; return a short outcome or raise DeliveryError."""
     sender = SENDERS.get(channel.get("type"))
     if sender is None:
-        raise DeliveryError("unknown channel type %r" % channel.get("type"))
-    timeout = float(cfg.get("alert_timeout_seconds") or 10)
-    max_wait = float(cfg.get("alert_retry_after_max_seconds", MAX_INLINE_RETRY_AFTER))
-    return sender(channel, msg, timeout, max_wait=max_wait)
+        raise DeliveryError("unknown channel type %r" % excerpt(channel.get("type"), 40))
+    opts = settings(cfg)
+    return sender(channel, msg, opts["timeout"], max_wait=opts["max_wait"])
+
+
+def attempt(cfg, channel, msg):
+    """One send, isolated: (outcome, None) or (None, DeliveryError); any exception is this message's failure."""
+    try:
+        return send(cfg, channel, msg), None
+    except DeliveryError as exc:
+        return None, exc
+    except Exception as exc:  # pylint: disable=broad-except
+        return None, DeliveryError("could not send: %s" % describe_exception(exc), kind=ERROR)
 
 
 # --------------------------------------------------------------------------- spool
-def spool(args, channel, index, msg, error, retry_after=None):
-    """Write one undelivered message for one channel into the spool (atomically)."""
-    directory = os.path.join(_spool_root(args), channel_id(channel))
-    now = time.time()
-    name = "%020d-%s.json" % (time.time_ns(), msg["id"])
-    entry = {"message": msg, "channel": channel_id(channel), "channel_type": channel.get("type"),
-             "attempts": 1, "first_attempt": now, "last_attempt": now, "last_error": scrub(error),
-             "not_before": now + retry_after if retry_after else now}
-    state.write_json(os.path.join(directory, name), entry)
-    log("spooled %s key=%s for %s (%s)" % (msg["severity"], msg["key"], channel_label(index, channel), scrub(error)))
-    return True
-
-
-def deliver(args, cfg, msg):
-    """Send ``msg`` to every channel; spool it for each channel that did not take it.
-
-    Returns True when every channel either took it or has it spooled.
-    """
-    log("alert %s key=%s host=%s agent=%s unit=%s: %s" % (msg["severity"].upper(), msg["key"], msg["host"],
-                                                         msg.get("agent") or "-", msg.get("unit") or "-", msg["title"]))
-    channels = cfg.get("alert_channels") or []
-    if not channels:
-        log("no alert channels configured: key=%s only in the journal" % msg["key"])
-        return False
-    handled = True
-    for index, channel in enumerate(channels):
-        label = channel_label(index, channel)
+@contextlib.contextmanager
+def _try_lock(path):
+    """Yield True while holding an exclusive flock on ``path``, False when someone else holds it."""
+    state.ensure_dir(os.path.dirname(path))
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
         try:
-            outcome = send(cfg, channel, msg)
-            log("delivered %s key=%s to %s (%s)" % (msg["severity"], msg["key"], label, outcome))
-        except DeliveryError as exc:
-            log("delivery of key=%s to %s failed: %s" % (msg["key"], label, exc))
-            try:
-                spool(args, channel, index, msg, str(exc), exc.retry_after)
-            except OSError as err:
-                log("could not spool key=%s for %s: %s" % (msg["key"], label, err))
-                handled = False
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _names(directory):
+    try:
+        return sorted(f for f in os.listdir(directory) if f.endswith(".json") and not f.startswith("."))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _folders(root):
+    try:
+        names = sorted(os.listdir(root))
+    except FileNotFoundError:
+        return []
+    return [n for n in names if not n.startswith(".") and os.path.isdir(os.path.join(root, n))]
+
+
+def _read_entry(path):
+    entry = state.read_json(path)
+    if not isinstance(entry, dict) or not isinstance(entry.get("message"), dict):
+        return None
+    return entry
+
+
+def new_entry(channel, msg, now):
+    return {"message": msg, "channel": channel_id(channel), "channel_type": channel.get("type"),
+            "attempts": 0, "first_attempt": now, "last_attempt": None, "last_error": None,
+            "last_kind": None, "last_status": None, "permanent_failures": 0, "not_before": now}
+
+
+def record_failure(entry, exc, now, rng=None):
+    """Count a failed attempt in a spool entry and set when it is due again.
+
+    The first failure (at delivery) is retried at the next flush; each further one waits
+    :func:`backoff`, or the clamped retry_after when that is longer.
+    """
+    entry["attempts"] = int(_float(entry.get("attempts"))) + 1
+    entry["last_attempt"] = now
+    entry["last_error"] = scrub(str(exc))
+    entry["last_kind"] = exc.kind
+    entry["last_status"] = exc.status
+    if exc.kind == PERMANENT:
+        entry["permanent_failures"] = int(_float(entry.get("permanent_failures"))) + 1
+    else:
+        entry["permanent_failures"] = 0
+    delay = 0.0 if entry["attempts"] <= 1 else backoff(entry["attempts"] - 1, rng)
+    wait = clamp_retry_after(exc.retry_after)
+    if wait is not None:
+        delay = max(delay, wait)
+    entry["not_before"] = now + delay
+    return entry
+
+
+def _spool_name(msg):
+    return "%020d-%s.json" % (time.time_ns(), re.sub(r"[^0-9a-f]", "", str(msg.get("id", "")))[:32] or uuid.uuid4().hex)
+
+
+def move_to_dead_letter(args, folder, path, entry, reason, now=None):
+    """Move one spool file to ``<spool>/alerts/.dead/<folder>/`` (rename), then add why to it."""
+    now = time.time() if now is None else now
+    directory = state.ensure_dir(os.path.join(_dead_root(args), folder))
+    target = os.path.join(directory, os.path.basename(path))
+    os.rename(path, target)
+    state.fsync_dir(os.path.dirname(path))
+    state.fsync_dir(directory)
+    msg = entry.get("message") if isinstance(entry, dict) else None
+    if isinstance(entry, dict):
+        entry["dead_letter"] = {"reason": scrub(reason), "time": now, "at": _iso(now)}
+        state.write_json(target, entry)
+    msg = msg if isinstance(msg, dict) else {}
+    log("gave up on %s key=%s for %s: moved to %s (%s)" % (msg.get("severity", "?"), msg.get("key", "?"),
+                                                           folder, target, reason))
+    return {"channel": folder, "key": msg.get("key"), "severity": msg.get("severity"), "title": msg.get("title"),
+            "reason": scrub(reason), "file": target}
+
+
+def enforce_spool_cap(args, folder, cap, now=None):
+    """Keep at most ``cap`` messages in one channel's spool: the oldest info/resolved ones move to the
+    dead-letter folder first, then warnings; criticals never. Returns the dead-letter records."""
+    directory = os.path.join(_spool_root(args), folder)
+    names = _names(directory)
+    excess = len(names) - cap
+    if excess <= 0:
+        return []
+    order = {"info": 0, "resolved": 0, "warning": 1}
+    candidates = []
+    for name in names:
+        entry = _read_entry(os.path.join(directory, name))
+        severity = entry["message"].get("severity") if entry else "info"
+        rank = order.get(severity, 0) if severity != "critical" else None
+        if rank is not None:
+            candidates.append((rank, name, entry))
+    candidates.sort(key=lambda c: (c[0], c[1]))
+    moved = []
+    reason = ("spool cap of %d messages for this channel reached (oldest info/resolved first, then warnings; "
+              "criticals are never moved)" % cap)
+    for _rank, name, entry in candidates[:excess]:
+        try:
+            moved.append(move_to_dead_letter(args, folder, os.path.join(directory, name), entry, reason, now))
+        except FileNotFoundError:
+            continue
+    if len(names) - len(moved) > cap:
+        log("spool of %s holds %d messages, over the cap of %d: the rest are criticals, kept"
+            % (folder, len(names) - len(moved), cap))
+    return moved
+
+
+def spool(args, channel, index, msg, exc, now=None):
+    """Write one undelivered message for one channel into the spool (atomically); return its path.
+
+    ``exc`` (a DeliveryError) is recorded as the first failed attempt: the message is due at the
+    next flush, or after the retry_after the channel asked for.
+    """
+    now = time.time() if now is None else now
+    entry = record_failure(new_entry(channel, msg, now), exc, now)
+    path = os.path.join(_spool_root(args), channel_id(channel), _spool_name(msg))
+    state.write_json(path, entry)
+    log("spooled %s key=%s for %s (%s)" % (msg.get("severity"), msg.get("key"), channel_label(index, channel), exc))
+    return path
+
+
+def _merge(into, records):
+    for record in records:
+        into.setdefault(record["channel"], []).append(record)
+    return into
+
+
+def deliver(args, cfg, msg, exclude=()):
+    """Send ``msg`` to every channel (but those in ``exclude``); spool it for each channel that did not take it.
+
+    Returns True when every channel either took it or has it spooled (or dead-lettered).
+    """
+    handled, _taken, _targets = _deliver(args, cfg, msg, exclude)
     return handled
 
 
-def flush(args, cfg=None):
-    """Deliver the spool, oldest first per channel; return (delivered, remaining)."""
+def _deliver(args, cfg, msg, exclude=()):
+    """deliver(); returns (handled, channels that took or spooled it, channels tried)."""
+    log("alert %s key=%s host=%s agent=%s unit=%s: %s" % (str(msg.get("severity")).upper(), msg.get("key"),
+                                                         msg.get("host"), msg.get("agent") or "-",
+                                                         msg.get("unit") or "-", msg.get("title")))
+    channels = _channels(cfg)
+    if not channels:
+        log("no alert channels configured: key=%s only in the journal" % msg.get("key"))
+        return False, 0, 0
+    opts = settings(cfg)
+    handled = True
+    taken = targets = 0
+    moved = {}
+    for index, channel in enumerate(channels):
+        label = "alert_channels[%d]" % index
+        try:
+            if not isinstance(channel, dict):
+                raise DeliveryError("not a channel (a mapping with a type)")
+            label = channel_label(index, channel)
+            folder = channel_id(channel)
+            if folder in exclude:
+                continue
+            targets += 1
+            outcome, exc = attempt(cfg, channel, msg)
+            if exc is None:
+                taken += 1
+                log("delivered %s key=%s to %s (%s)" % (msg.get("severity"), msg.get("key"), label, outcome))
+                continue
+            log("delivery of key=%s to %s failed: %s" % (msg.get("key"), label, exc))
+            now = time.time()
+            path = spool(args, channel, index, msg, exc, now)
+            taken += 1
+            if exc.kind == PERMANENT and opts["permanent_failures"] <= 1:
+                _merge(moved, [move_to_dead_letter(args, folder, path, _read_entry(path) or {}, (
+                    "permanent failure answered %d time(s) in a row: %s" % (1, exc)), now)])
+            with _try_lock(os.path.join(_spool_root(args), ".flush.lock")) as free:
+                if free:                # else the running flush enforces the cap when it ends
+                    _merge(moved, enforce_spool_cap(args, folder, opts["spool_max"], now))
+        except Exception as exc:  # pylint: disable=broad-except
+            handled = False
+            log("could not deliver or spool key=%s for %s: %s" % (msg.get("key"), label, describe_exception(exc)))
+    if targets == 0:
+        log("no other channel to send key=%s to" % msg.get("key"))
+        handled = False
+    if moved:
+        announce_dead_letters(args, moved)
+    return handled, taken, targets
+
+
+def announce_dead_letters(args, moved):
+    """One warning per channel that lost messages, through the other channels (de-duplicated by key)."""
+    pending = getattr(_LOCAL, "pending", None)
+    if pending is not None:             # already announcing in this thread: queue it, the outer loop sends it
+        for folder, records in moved.items():
+            pending.setdefault(folder, []).extend(records)
+        return
+    _LOCAL.pending = {k: list(v) for k, v in moved.items()}
+    try:
+        while _LOCAL.pending:
+            folder, records = _LOCAL.pending.popitem()
+            try:
+                _announce_one(args, folder, records)
+            except Exception as exc:  # pylint: disable=broad-except
+                log("could not raise the dead-letter alert for %s: %s" % (folder, describe_exception(exc)))
+    finally:
+        _LOCAL.pending = None
+
+
+def _announce_one(args, folder, records):
+    directory = os.path.join(_dead_root(args), folder)
+    total = len(_names(directory))
+    title = "alert channel %s gave up on %d message(s); %d in its dead-letter folder" % (folder, len(records), total)
+    lines = ["These alerts were NOT delivered to channel %s and were moved to %s:" % (folder, directory), ""]
+    for record in records[:10]:
+        lines.append("- [%s] %s: %s (%s)" % (record.get("severity"), record.get("key"),
+                                             excerpt(record.get("title") or "", 120), record.get("reason")))
+    if len(records) > 10:
+        lines.append("- ... and %d more" % (len(records) - 10))
+    lines += ["", "Nothing was deleted. Fix the channel, then move the files back to %s to send them again."
+              % os.path.join(_spool_root(args), folder)]
+    emit(args, "warning", DEAD_LETTER_KEY % folder, title, "\n".join(lines), exclude=(folder,))
+
+
+def _resolve_cleared_dead_letters(args, channels):
+    for folder in channels:
+        key = DEAD_LETTER_KEY % folder
+        if is_open(args, key) and not _names(os.path.join(_dead_root(args), folder)):
+            resolve(args, key, title="alert channel %s: dead-letter folder is empty again" % folder, exclude=(folder,))
+
+
+def _flush_channel(args, cfg, opts, folder, index, channel, clock, budget_end, result):
+    """One channel's pass over its spool, oldest first (runs in its own thread)."""
+    label = channel_label(index, channel)
+    directory = os.path.join(_spool_root(args), folder)
+    for name in _names(directory):
+        path = os.path.join(directory, name)
+        try:
+            now = clock()
+            entry = _read_entry(path)
+            if entry is None:
+                if os.path.exists(path):
+                    result.add_moved([move_to_dead_letter(args, folder, path, None, "unreadable spool file", now)])
+                continue
+            msg = entry["message"]
+            if "dead_letter" in entry:      # moved back by hand: a fresh start
+                entry["requeued"] = entry.pop("dead_letter")
+                entry.update(first_attempt=now, attempts=0, permanent_failures=0, not_before=now, last_kind=None)
+                state.write_json(path, entry)
+                log("requeued key=%s for %s" % (msg.get("key"), label))
+            age = now - _float(entry.get("first_attempt"), now)
+            if age > opts["max_age"]:
+                result.add_moved([move_to_dead_letter(args, folder, path, entry, (
+                    "not delivered within alert_max_age_seconds=%ds (%d attempt(s), last error: %s)"
+                    % (opts["max_age"], int(_float(entry.get("attempts"))), entry.get("last_error"))), now)])
+                continue
+            if _float(entry.get("not_before")) > now:
+                if entry.get("last_kind") in (PERMANENT, ERROR):
+                    continue                # only this message waits
+                break                       # the channel backs off; the order is kept
+            if time.monotonic() > budget_end:
+                log("flush: time budget of %ds used up, %s continues at the next run" % (FLUSH_BUDGET, label))
+                break
+            outcome, exc = attempt(cfg, channel, msg)
+            now = clock()
+            if exc is None:
+                state.remove(path)
+                result.add_delivered()
+                log("delivered spooled %s key=%s to %s after %d attempt(s) (%s)"
+                    % (msg.get("severity"), msg.get("key"), label, int(_float(entry.get("attempts"))) + 1, outcome))
+                continue
+            record_failure(entry, exc, now)
+            if exc.kind == PERMANENT and entry["permanent_failures"] >= opts["permanent_failures"]:
+                result.add_moved([move_to_dead_letter(args, folder, path, entry, (
+                    "permanent failure answered %d time(s) in a row: %s" % (entry["permanent_failures"], exc)), now)])
+                continue
+            state.write_json(path, entry)
+            log("spooled key=%s still not delivered to %s (attempt %d, %s, next try after %s): %s"
+                % (msg.get("key"), label, entry["attempts"], exc.kind, _iso(entry["not_before"]), exc))
+            if exc.kind == TRANSIENT:
+                break
+        except Exception as exc:  # pylint: disable=broad-except
+            log("flush of %s for %s failed: %s" % (name, label, describe_exception(exc)))
+
+
+class _FlushResult:
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.delivered = 0
+        self.moved = {}
+
+    def add_delivered(self):
+        with self.lock:
+            self.delivered += 1
+
+    def add_moved(self, records):
+        with self.lock:
+            _merge(self.moved, records)
+
+
+def flush(args, cfg=None, now=None):
+    """Deliver the spool, oldest first per channel, each channel in its own thread; return (delivered, remaining).
+
+    ``now`` (epoch seconds) replaces the clock for due times and ages (tests, replays).
+    """
     cfg = cfg or load_config(args)
+    opts = settings(cfg)
     root = _spool_root(args)
     state.ensure_dir(root)
-    channels = {channel_id(c): (i, c) for i, c in enumerate(cfg.get("alert_channels") or [])}
-    delivered = remaining = 0
+    channels = {}
+    for index, channel in enumerate(_channels(cfg)):
+        if isinstance(channel, dict):
+            channels.setdefault(channel_id(channel), (index, channel))
+    clock = (lambda: now) if now is not None else time.time
+    result = _FlushResult()
+    budget_end = time.monotonic() + FLUSH_BUDGET
     with state.locked(os.path.join(root, ".flush.lock")):
-        for folder in sorted(os.listdir(root)):
-            directory = os.path.join(root, folder)
-            if folder.startswith(".") or not os.path.isdir(directory):
-                continue
-            files = sorted(f for f in os.listdir(directory) if f.endswith(".json") and not f.startswith("."))
-            if not files:
+        for folder in _folders(root):
+            result.add_moved(enforce_spool_cap(args, folder, opts["spool_max"], clock()))
+        workers = []
+        for folder in _folders(root):
+            names = _names(os.path.join(root, folder))
+            if not names:
                 continue
             if folder not in channels:
-                log("%d spooled message(s) in %s belong to no configured channel: kept" % (len(files), directory))
-                remaining += len(files)
+                log("%d spooled message(s) in %s belong to no configured channel: kept"
+                    % (len(names), os.path.join(root, folder)))
                 continue
             index, channel = channels[folder]
-            label = channel_label(index, channel)
-            for pos, name in enumerate(files):
-                path = os.path.join(directory, name)
-                entry = state.read_json(path)
-                if not isinstance(entry, dict) or "message" not in entry:
-                    log("unreadable spool file %s: kept" % path)
-                    remaining += 1
-                    continue
-                msg = entry["message"]
-                if entry.get("not_before", 0) > time.time():
-                    remaining += len(files) - pos
-                    break
-                try:
-                    outcome = send(cfg, channel, msg)
-                except DeliveryError as exc:
-                    entry["attempts"] = int(entry.get("attempts", 0)) + 1
-                    entry["last_attempt"] = time.time()
-                    entry["last_error"] = str(exc)
-                    entry["not_before"] = time.time() + (exc.retry_after or 0)
-                    state.write_json(path, entry)
-                    log("spooled key=%s still not delivered to %s (attempt %d): %s"
-                        % (msg.get("key"), label, entry["attempts"], exc))
-                    remaining += len(files) - pos
-                    break
-                state.remove(path)
-                delivered += 1
-                log("delivered spooled %s key=%s to %s after %d attempt(s) (%s)"
-                    % (msg.get("severity"), msg.get("key"), label, int(entry.get("attempts", 1)) + 1, outcome))
-    return delivered, remaining
+            workers.append(threading.Thread(target=_flush_channel, name="agentops-flush-%s" % folder,
+                                            args=(args, cfg, opts, folder, index, channel, clock, budget_end, result),
+                                            daemon=True))
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        for folder in _folders(root):
+            result.add_moved(enforce_spool_cap(args, folder, opts["spool_max"], clock()))
+    if result.moved:
+        announce_dead_letters(args, result.moved)
+    try:
+        _resolve_cleared_dead_letters(args, channels)
+    except Exception as exc:  # pylint: disable=broad-except
+        log("could not check the dead-letter folders: %s" % describe_exception(exc))
+    return result.delivered, spooled_count(args)
 
 
 def spooled_count(args):
+    """Messages waiting in the spool (all channels; the dead-letter folder not counted)."""
     root = _spool_root(args)
-    count = 0
-    for dirpath, _dirs, files in os.walk(root):
-        count += sum(1 for f in files if f.endswith(".json") and not f.startswith("."))
-    return count
+    return sum(len(_names(os.path.join(root, folder))) for folder in _folders(root))
+
+
+def dead_letter_count(args):
+    """Messages given up on and kept in ``<spool_dir>/alerts/.dead/`` (all channels)."""
+    root = _dead_root(args)
+    return sum(len(_names(os.path.join(root, folder))) for folder in _folders(root))
+
+
+def dead_letter_summary(args):
+    """Spool and dead-letter figures for ``agentops status``::
+
+        {"spooled": N, "dead_letter": M, "dead_letter_dir": PATH,
+         "channels": {<channel>: {"spooled": n, "dead_letter": m, "last_dead_letter": ISO or None}}}
+    """
+    root, dead = _spool_root(args), _dead_root(args)
+    channels = {}
+    for folder in _folders(root):
+        channels.setdefault(folder, {"spooled": 0, "dead_letter": 0, "last_dead_letter": None})
+        channels[folder]["spooled"] = len(_names(os.path.join(root, folder)))
+    for folder in _folders(dead):
+        names = _names(os.path.join(dead, folder))
+        info = channels.setdefault(folder, {"spooled": 0, "dead_letter": 0, "last_dead_letter": None})
+        info["dead_letter"] = len(names)
+        if names:
+            with contextlib.suppress(OSError):
+                info["last_dead_letter"] = _iso(os.stat(os.path.join(dead, folder, names[-1])).st_mtime)
+    return {"spooled": sum(c["spooled"] for c in channels.values()),
+            "dead_letter": sum(c["dead_letter"] for c in channels.values()),
+            "dead_letter_dir": dead, "channels": channels}
+
+
+def spool_status_line(args):
+    """One line for ``agentops status`` when something is spooled or dead-lettered, else None."""
+    summary = dead_letter_summary(args)
+    if not summary["spooled"] and not summary["dead_letter"]:
+        return None
+    return "alert spool: %d waiting, %d given up (dead letters in %s)" % (
+        summary["spooled"], summary["dead_letter"], summary["dead_letter_dir"])
 
 
 # --------------------------------------------------------------------------- public API
-def emit(args, severity, key, title, body="", agent=None, unit=None, force=False):
+def emit(args, severity, key, title, body="", agent=None, unit=None, exclude=()):
     """Raise (or refresh) the alert ``key``; return True if delivered, spooled or de-duplicated.
 
-    ``force`` sends even while the key is open and not yet due for a reminder (used for
-    discrete events such as a unit entering the failed state).
+    ``exclude``: channel ids (see :func:`channel_id`) that do not get this alert (the
+    dead-letter alert of a channel goes through the others).
     """
     if severity == "resolved":
-        return resolve(args, key, title=title, body=body, agent=agent, unit=unit)
+        return resolve(args, key, title=title, body=body, agent=agent, unit=unit, exclude=exclude)
     if severity not in RANK:
         raise ValueError("unknown severity %r (one of %s)" % (severity, ", ".join(SEVERITIES)))
     if not key:
@@ -463,34 +1297,44 @@ def emit(args, severity, key, title, body="", agent=None, unit=None, force=False
     now = time.time()
     since = now
     reminder = False
+    path = _key_file(args, key)
+    lock = os.path.join(_alerts_state_dir(args), ".lock")
     if severity != "info":
-        repeat = cfg.get("alert_repeat_seconds")
-        repeat = float(4 * 3600 if repeat is None else repeat)
-        path = _key_file(args, key)
-        with state.locked(os.path.join(_alerts_state_dir(args), ".lock")):
+        repeat = _number(cfg, "alert_repeat_seconds", 4 * 3600.0, 0.0, 10 * 365 * 86400.0)
+        with state.locked(lock):
             current = state.read_json(path)
             if isinstance(current, dict):
-                since = current.get("first_seen", now)
+                since = _float(current.get("first_seen"), now)
+                last_sent = _float(current.get("last_sent"))
+                unsent = bool(current.get("unsent"))
                 escalated = RANK[severity] > RANK.get(current.get("severity"), 0)
-                due = now - float(current.get("last_sent", 0)) >= repeat
-                if not (force or escalated or due):
+                due = now - last_sent >= repeat
+                if not (unsent or escalated or due):
                     current.update(last_seen=now, title=title)
                     state.write_json(path, current)
                     log("suppressed duplicate %s key=%s (open since %s, next reminder in %ds)"
-                        % (severity, key, _iso(since), repeat - (now - float(current.get("last_sent", 0)))))
+                        % (severity, key, _iso(since), repeat - (now - last_sent)))
                     return True
-                reminder = not (force or escalated)
-                count = int(current.get("count", 1)) + 1
+                reminder = not (unsent or escalated)
+                count = int(_float(current.get("count"), 1)) + 1
             else:
                 count = 1
             state.write_json(path, {"key": key, "severity": severity, "title": title, "agent": agent,
                                     "unit": unit, "first_seen": since, "last_sent": now, "last_seen": now,
                                     "count": count})
     msg = build_message(cfg, severity, key, title, body, agent=agent, unit=unit, since=since, reminder=reminder)
-    return deliver(args, cfg, msg)
+    handled, taken, targets = _deliver(args, cfg, msg, exclude)
+    if severity != "info" and targets and not taken:
+        # no channel took it, not even into the spool: send it again at the next emit, not at the reminder
+        with state.locked(lock):
+            current = state.read_json(path)
+            if isinstance(current, dict) and current.get("last_sent") == now:
+                current["unsent"] = True
+                state.write_json(path, current)
+    return handled
 
 
-def resolve(args, key, title="", body="", agent=None, unit=None):
+def resolve(args, key, title="", body="", agent=None, unit=None, exclude=()):
     """Clear ``key``: exactly one ``resolved`` message when it was open, else nothing.
 
     Returns True when the message was delivered or spooled, or when there was nothing to do.
@@ -505,7 +1349,7 @@ def resolve(args, key, title="", body="", agent=None, unit=None):
     msg = build_message(cfg, "resolved", key, title or "resolved: %s" % current.get("title", key), body,
                         agent=agent or current.get("agent"), unit=unit or current.get("unit"),
                         since=current.get("first_seen"))
-    return deliver(args, cfg, msg)
+    return deliver(args, cfg, msg, exclude)
 
 
 # --------------------------------------------------------------------------- agentops failure
@@ -532,12 +1376,22 @@ def failure(args, unit):
     """Alert on a unit that entered the failed state (the body of ``agentops-alert@.service``).
 
     When the unit stays failed (start limit hit, or no ``Restart=``) this is ``<agent>/down``
-    and always sent. systemd 254 and later also run ``OnFailure=`` for failures that
-    ``Restart=`` recovers from; the unit is then already restarting or running again, and the
-    message goes to ``<agent>/crashloop`` (de-duplicated like the heartbeat's crash loop alert).
+    (``unit/<unit>/down`` for a unit that is not an agent, such as the collection's own
+    ``agentops-heartbeat.service``). systemd 254 and later also run ``OnFailure=`` for failures
+    that ``Restart=`` recovers from; the unit is then already restarting or running again, and
+    the message goes to ``<agent>/crashloop``. Both are de-duplicated like every alert: a unit
+    that fails at every tick alerts once per incident (until the heartbeat resolves the key),
+    then as a reminder or an escalation.
     """
-    props = systemd.show(unit)
-    tail = systemd.journal_tail(unit, JOURNAL_LINES)
+    try:
+        props = systemd.show(unit)
+    except Exception as exc:  # pylint: disable=broad-except
+        log("failure %s: systemctl show failed: %s" % (unit, describe_exception(exc)))
+        props = {}
+    try:
+        tail = systemd.journal_tail(unit, JOURNAL_LINES)
+    except Exception as exc:  # pylint: disable=broad-except
+        tail = "(journal not available: %s)" % describe_exception(exc)
     agent = agent_of_unit(args, unit)
     result = props.get("Result") or "unknown"
     restarts = props.get("NRestarts") or "0"
@@ -559,9 +1413,8 @@ def failure(args, unit):
         "Last %d journal lines:" % JOURNAL_LINES,
         tail,
     ])
-    if final:
-        return emit(args, "critical", down_key(agent, unit), title, body, agent=agent, unit=unit, force=True)
-    return emit(args, "critical", crashloop_key(agent, unit), title, body, agent=agent, unit=unit)
+    key = down_key(agent, unit) if final else crashloop_key(agent, unit)
+    return emit(args, "critical", key, title, body, agent=agent, unit=unit)
 
 
 # --------------------------------------------------------------------------- CLI
@@ -575,8 +1428,10 @@ def _cmd_alert(args):
 
 def _cmd_flush(args):
     delivered, remaining = flush(args)
-    if delivered or remaining:
-        log("flush: %d delivered, %d still spooled" % (delivered, remaining))
+    dead = dead_letter_count(args)
+    if delivered or remaining or dead:
+        log("flush: %d delivered, %d still spooled, %d in the dead-letter folder %s"
+            % (delivered, remaining, dead, _dead_root(args)))
     return 0
 
 
