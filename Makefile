@@ -19,7 +19,7 @@ export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help setup venv host images collection lint unit molecule test bench demo demo-clean clean
+.PHONY: help setup venv host images collection lint unit property molecule test bench demo demo-clean clean
 
 help: ## show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -47,10 +47,13 @@ lint: venv collection ## ansible-lint (production), sanity, collection build + i
 unit: venv collection ## unit tests of the modules, module_utils and the on-host command
 	@PYTEST=$(BIN)/pytest scripts/pytest.sh -q tests/unit
 
+property: venv collection images ## property test: accepted inventory values render units systemd reads as intended (one image)
+	@PYTEST=$(BIN)/pytest scripts/pytest.sh -q tests/property
+
 molecule: setup ## every Molecule scenario on both images (SCENARIO=name for one)
 	@scripts/molecule.sh $(or $(SCENARIO),$(SCENARIOS))
 
-test: setup lint unit molecule ## THE test command: setup, lint, unit tests, all Molecule scenarios
+test: setup lint unit property molecule ## THE test command: setup, lint, unit and property tests, all Molecule scenarios
 	@echo "make test: all checks passed"
 
 bench: setup collection ## converge time for 1/10/50 agents and 1/2/4 hosts, heartbeat CPU cost (table)

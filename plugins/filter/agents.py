@@ -235,9 +235,10 @@ def _check_agent(errors, agent, index, names):
     if state not in ("present", "absent"):
         errors.add(where + ".state", "%r is not present or absent" % (state,))
     if state == "present" or "command" in agent:
-        if not _abs_command(agent.get("command")):
-            errors.add(where + ".command", "%r must be an absolute path (with optional arguments, one line)%s"
-                       % (agent.get("command"), _why(agent.get("command"))))
+        problem = contract.command_problem(agent.get("command"))
+        if problem:
+            errors.add(where + ".command", "%r must be an absolute path (with optional arguments, one line): %s"
+                       % (agent.get("command"), problem))
     if "enabled" in agent and not isinstance(agent["enabled"], bool):
         errors.add(where + ".enabled", "must be true or false")
     if "user" in agent and not (isinstance(agent["user"], str) and USER_RE.match(agent["user"])

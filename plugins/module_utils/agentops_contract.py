@@ -24,6 +24,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import re
+import shlex
 
 from .agentops_timespan import parse_timespan
 
@@ -88,15 +89,46 @@ def agent_name_problem(name):
     return None
 
 
+# Longest time span accepted anywhere in the contract (ten years): systemd overflows far beyond.
+MAX_TIMESPAN = 10 * 365 * 86400
+
+
 def timespan_problem(value):
     """Why ``value`` is not a systemd time span (None when it is)."""
     if value is None or isinstance(value, bool):
         return "%r is not a systemd time span" % (value,)
     try:
-        parse_timespan(value)
+        seconds = parse_timespan(value)
     except (TypeError, ValueError) as exc:
         return "%r is not a systemd time span (%s)" % (value, exc)
+    if seconds > MAX_TIMESPAN:
+        return "%r is longer than ten years" % (value,)
     return unit_value_problem(value)
+
+
+def command_problem(value):
+    """Why ``value`` cannot be an ExecStart= command line (None when it can).
+
+    An absolute path with optional arguments on one line; quotes must balance, and
+    backslashes (C escapes and line continuation in units) and a ";" word (a command
+    separator to systemd) are refused.
+    """
+    if not isinstance(value, str) or not value.strip():
+        return "%r must be an absolute path with optional arguments" % (value,)
+    problem = unit_value_problem(value)
+    if problem:
+        return problem
+    if "\\" in value:
+        return "contains a backslash (write the command without escapes, or wrap it in a script)"
+    try:
+        words = shlex.split(value)
+    except ValueError:
+        return "has unbalanced quotes"
+    if not words or not words[0].startswith("/"):
+        return "must start with an absolute path"
+    if ";" in words:
+        return "contains a ';' word, which systemd reads as a command separator"
+    return None
 
 
 def _int_problem(value, minimum=None, maximum=None):
