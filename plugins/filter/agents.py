@@ -444,6 +444,35 @@ def agents_normalize(agents, defaults):
     return result
 
 
+TICK_FLOOR = 5.0
+
+
+def _span(seconds):
+    """Seconds as a systemd time span ("15s", "1min", "1.5s")."""
+    if seconds >= 60 and seconds % 60 == 0:
+        return "%dmin" % (seconds // 60)
+    if seconds == int(seconds):
+        return "%ds" % seconds
+    return "%gs" % seconds
+
+
+def heartbeat_tick(agents, tick):
+    """The heartbeat timer's period on a host: ``tick``, or the shortest heartbeat interval of its agents.
+
+    The tick bounds every detection (a 1-minute tick turns ``interval: 15s`` into 60 s), so it
+    follows the shortest ``interval`` the host's present agents ask for (their default interval when
+    they set a heartbeat without one); an interval-derived tick never goes below 5 s, a shorter
+    ``tick`` set on purpose is kept. Returns a systemd time span.
+    """
+    seconds = parse_timespan(tick)
+    for agent in agents or []:
+        if not isinstance(agent, dict) or agent.get("state", "present") != "present" or agent.get("heartbeat") is None:
+            continue
+        interval = (agent.get("heartbeat") or {}).get("interval") or HEARTBEAT_DEFAULTS["interval"]
+        seconds = min(seconds, max(TICK_FLOOR, parse_timespan(interval)))
+    return _span(seconds)
+
+
 def systemctl_show(text):
     """Parse `systemctl show -p ... unit...` output into {Id: {Property: value}}."""
     return parse_show(text)
@@ -456,6 +485,7 @@ class FilterModule(object):
         return {
             "agents_errors": agents_errors,
             "agents_user_errors": agents_user_errors,
+            "agents_heartbeat_tick": heartbeat_tick,
             "agentops_settings_errors": settings_errors,
             "agents_normalize": agents_normalize,
             "systemctl_show": systemctl_show,

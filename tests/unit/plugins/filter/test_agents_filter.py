@@ -99,3 +99,17 @@ def test_rotation_timeout_is_validated_and_kept():
     bad = dict(base, token_rotation=[{"credential": "tok", "command": "/bin/echo", "timeout": "soon"}])
     errors = agents_errors([bad])
     assert any("agentops_agents[rot].token_rotation[tok].timeout" in e for e in errors), errors
+
+
+def test_heartbeat_tick_follows_the_shortest_interval():
+    from ansible_collections.agentops.fleet.plugins.filter.agents import heartbeat_tick
+    fast = {"name": "a", "command": "/bin/true", "heartbeat": {"interval": "15s", "max_silence": "30s"}}
+    slow = {"name": "b", "command": "/bin/true", "heartbeat": {"interval": "30min"}}
+    assert heartbeat_tick([], "1min") == "1min"
+    assert heartbeat_tick([slow], "1min") == "1min"
+    assert heartbeat_tick([slow, fast], "1min") == "15s"
+    assert heartbeat_tick([dict(fast, heartbeat={"interval": "1s"})], "1min") == "5s"
+    assert heartbeat_tick([dict(fast, state="absent")], "1min") == "1min"
+    assert heartbeat_tick([{"name": "c", "command": "/bin/true", "heartbeat": {}}], "10min") == "5min"
+    assert heartbeat_tick([fast], "3s") == "3s"
+    assert heartbeat_tick([fast], 90) == "15s"
