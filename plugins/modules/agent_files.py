@@ -20,7 +20,7 @@ description:
     and removes paths.
   - Order of work is I(users), I(directories), I(files), I(secret_files), I(prune), I(absent).
   - Paths are never followed through a symlink in a directory that a user other than root can write (an agent's
-    state directory): every directory is opened one component at a time without following symlinks (a symlink is
+    state directory). Every directory is opened one component at a time without following symlinks (a symlink is
     followed only in a directory that root alone can write), and every file is opened once, relative to its
     directory, with C(O_NOFOLLOW|O_NONBLOCK), checked with C(fstat) (a regular file with one link), read with a
     bound, and its owner and mode are changed through that open file, never by path.
@@ -30,7 +30,7 @@ description:
     rendered file through a rename (which replaces the entry itself, never what it points to); with I(force=false)
     and for a directory it is left in place. A diff never shows the content behind such an entry, nor a file not
     owned by the expected owner."
-  - In a directory that only root can write, such an entry still fails the module as before.
+  - In a directory that only root can write, such an entry fails the module.
 options:
   users:
     description: System users to create when missing. Existing users are left as they are.
