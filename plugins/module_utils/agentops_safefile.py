@@ -356,13 +356,15 @@ def _write_all(fd, data):
         view = view[written:]
 
 
-def replace_file(dir_fd, name, content, mode, uid=None, gid=None):
+def replace_file(dir_fd, name, content, mode, uid=None, gid=None, replace=True):
     """Atomically make ``name`` in ``dir_fd`` a regular file holding ``content`` (bytes).
 
     A temporary file is created next to it with ``O_CREAT|O_EXCL|O_NOFOLLOW``, given its owner and mode
     through the fd, written, fsync'ed and renamed over ``name``: whatever ``name`` was (a symlink, a FIFO,
     a huge file, another file's hard link) is replaced, never followed or opened. A directory at ``name``
     makes the rename fail (``OSError``); nothing below it is touched.
+    With ``replace=False`` the file is only created: linked to ``name`` (which fails with ``EEXIST`` when
+    anything appeared there meanwhile, so an entry the agent just wrote is never overwritten).
     """
     if "/" in name or name in ("", ".", ".."):
         raise ValueError("replace_file: %r is not a directory entry" % (name,))
@@ -385,7 +387,11 @@ def replace_file(dir_fd, name, content, mode, uid=None, gid=None):
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        if replace:
+            os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        else:
+            os.link(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+            os.unlink(tmp, dir_fd=dir_fd)
     except BaseException:
         try:
             os.unlink(tmp, dir_fd=dir_fd)

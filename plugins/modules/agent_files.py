@@ -495,7 +495,15 @@ class Worker:
                                    after=item["content"]))
         if self.check:
             return
-        safefile.replace_file(parent, name, content, mode, *(ids or (None, None)))
+        try:
+            safefile.replace_file(parent, name, content, mode, *(ids or (None, None)), replace=bool(item["force"]))
+        except OSError as exc:
+            if item["force"] or exc.errno != errno.EEXIST:
+                raise
+            # force=false: the entry appeared since it was looked at (the agent wrote it): it stays
+            self.changed_paths.remove(path)
+            self.diffs = [d for d in self.diffs if d["after_header"] != path]
+            self.kept.append(path)
 
     @staticmethod
     def _read(fd, limit, path):

@@ -264,3 +264,22 @@ def test_stat_only_variant_for_progress_files(layout, deadline):
         safefile.regular_mtime("../mail/run/beat", base=str(agent))
     assert err.value.found == "outside the directory"
     assert stat.S_ISLNK(safefile.stat_path("WORKSTATE.md", base=str(agent)).st_mode)
+
+
+def test_create_only_never_overwrites_what_appeared_meanwhile(layout):
+    agent, secret = layout
+    (agent / "WORKSTATE.md").write_text("the agent's memory\n")
+    os.symlink(str(secret), str(agent / "link"))
+    dir_fd = safefile.open_dir(str(agent))
+    try:
+        for name in ("WORKSTATE.md", "link"):
+            with pytest.raises(FileExistsError):
+                safefile.replace_file(dir_fd, name, b"# seed\n", 0o600, NOBODY.pw_uid, NOBODY.pw_gid, replace=False)
+        safefile.replace_file(dir_fd, "NEW.md", b"# seed\n", 0o640, NOBODY.pw_uid, NOBODY.pw_gid, replace=False)
+    finally:
+        os.close(dir_fd)
+    assert (agent / "WORKSTATE.md").read_text() == "the agent's memory\n"
+    assert os.readlink(str(agent / "link")) == str(secret) and secret.read_text() == CANARY
+    st = os.lstat(str(agent / "NEW.md"))
+    assert (st.st_uid, stat.S_IMODE(st.st_mode), st.st_nlink) == (NOBODY.pw_uid, 0o640, 1)
+    assert sorted(os.listdir(str(agent))) == ["NEW.md", "WORKSTATE.md", "link"]

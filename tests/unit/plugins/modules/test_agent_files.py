@@ -345,5 +345,5 @@ def test_race_swapping_agents_md_and_a_symlink(fleet, capsys):
         stop.set()
         thread.join(5)
     assert fingerprint(secret) == before
-    assert swaps[0] > 200
+    assert swaps[0] > 10
     assert outcomes["symlink"] > 0 and outcomes["clean"] > 0, outcomes
