@@ -144,12 +144,34 @@ def _add_secret(value):
     _SECRETS_SORTED[:] = sorted(_SECRETS, key=len, reverse=True)
 
 
+def _add_url_secret(url):
+    """A secret URL, and the parts an endpoint may echo alone: its path and query, and their long pieces."""
+    _add_secret(url)
+    if not isinstance(url, str):
+        return
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return
+    tail = parts.path + ("?" + parts.query if parts.query else "")
+    if len(tail) >= 8:
+        _add_secret(tail)
+    for piece in re.split(r"[/?&=#;]", tail):
+        if len(piece) >= 12:
+            _add_secret(piece)
+    if "@" in parts.netloc:
+        _add_secret(parts.netloc.rsplit("@", 1)[0])
+
+
 def _register_secrets(channels):
     for channel in channels or []:
         if not isinstance(channel, dict):
             continue
         for field in SECRET_FIELDS:
-            _add_secret(channel.get(field))
+            if field == "url":
+                _add_url_secret(channel.get(field))
+            else:
+                _add_secret(channel.get(field))
         headers = channel.get("headers")
         if isinstance(headers, dict):
             for value in headers.values():
