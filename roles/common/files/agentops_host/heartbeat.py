@@ -41,7 +41,9 @@ except ImportError:  # pragma: no cover - the library is always installed next t
     parse_timespan = None
 
 DEFAULT_TICK = 60.0
-DEFAULT_INTERVAL = 30 * 60.0
+# The defaults of the inventory contract (plugins/filter/agents.py HEARTBEAT_DEFAULTS).
+DEFAULT_INTERVAL = 5 * 60.0
+DEFAULT_MAX_SILENCE = 30 * 60.0
 COMMAND_TIMEOUT_MAX = 60.0
 AUTH_OK = "AUTH_OK"
 AUTH_EXPIRING = "AUTH_EXPIRING"
@@ -200,7 +202,7 @@ def last_progress(agent, props, hbstate, now=None, run_command=False):
     elif mode == "command":
         seen = hbstate.get("command_ok_at")
         if run_command and hb.get("command"):
-            max_silence = seconds(hb.get("max_silence"), DEFAULT_INTERVAL)
+            max_silence = seconds(hb.get("max_silence"), DEFAULT_MAX_SILENCE)
             if run_poll_command(agent, hb["command"], min(COMMAND_TIMEOUT_MAX, max(5.0, max_silence / 2))):
                 seen = now if now is not None else time.time()
                 hbstate["command_ok_at"] = seen
