@@ -108,3 +108,35 @@ def test_converged_check_mode_and_verbose_output(host, run_playbook):
     assert result.recap["changed"] == 0, result.output[-3000:]
     for canary in CANARIES:
         assert canary not in result.output, "a secret leaked into ansible-playbook -vvv --diff output"
+
+
+HUNG = {"agentops-default-debian12": "mail-triage", "agentops-default-debian13": "research"}
+
+
+def _last_journal_time(host, unit):
+    out = host.check_output("journalctl --no-pager -q -o json -n 1 _SYSTEMD_UNIT=%s", unit)
+    return int(json.loads(out.splitlines()[-1])["__REALTIME_TIMESTAMP"]) / 1e6
+
+
+def test_default_tick_honours_a_15s_interval(host, wait_for):
+    """No tick variable set (default 1min), interval 15s, max_silence 30s: a hang is alerted within 50 s."""
+    timer = host.check_output("systemctl show -p TimersMonotonic agentops-heartbeat.timer")
+    assert "OnUnitActiveUSec=15s" in timer, timer
+    name = HUNG[host.backend.host]
+    unit = "agentops-%s.service" % name
+    pid = host.check_output("systemctl show -p MainPID --value %s", unit).strip()
+    assert int(pid) > 0
+    seen = len(endpoint_log(host, 18090))
+    host.check_output("kill -STOP %s", pid)
+    try:
+        alert = wait_for(lambda: next((r for r in endpoint_log(host, 18090)[seen:]
+                                       if "%s/silent" % name in json.dumps(r["body"])), None), 90,
+                         message="the silence alert of the hung agent")
+        last = _last_journal_time(host, unit)
+        latency = alert["time"] - last
+        print("hang of %s alerted %.1f s after its last progress" % (name, latency))
+        assert latency <= 50, latency
+    finally:
+        host.check_output("kill -CONT %s", pid)
+    wait_for(lambda: any("%s/silent" % name in json.dumps(r["body"]) and "resolved" in json.dumps(r["body"])
+                         for r in endpoint_log(host, 18090)[seen:]), 90, message="the resolved notice")
