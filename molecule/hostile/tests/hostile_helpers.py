@@ -80,6 +80,19 @@ def fleet_run(playbook, deadline, extra_vars=None, check=False, diff=False, verb
 
 
 # --------------------------------------------------------------------------- commands
+def wait_for(predicate, timeout, interval=0.5, message="condition"):
+    """Poll predicate() until it returns a truthy value (returned) or fail after `timeout` seconds.
+    The same as the wait_for fixture of molecule/conftest.py, for module-scoped fixtures."""
+    deadline = time.monotonic() + timeout
+    while True:
+        last = predicate()
+        if last:
+            return last
+        if time.monotonic() >= deadline:
+            raise AssertionError("timed out after %ss waiting for %s (last value: %r)" % (timeout, message, last))
+        time.sleep(interval)
+
+
 def sh(host, command, ok=True):
     result = host.run(command)
     if ok:
@@ -157,6 +170,22 @@ def webhook(host, since=0.0, key=None, severity=None):
         if (key is None or body.get("key") == key) and (severity is None or body.get("severity") == severity):
             found.append(body)
     return found
+
+
+# --------------------------------------------------------------------------- the evil agent's files
+ORIGINALS = "/root/.hostile-orig"
+FILES = ("AGENTS.md", "WORKSTATE.md", "progress")
+
+
+def save_originals(host):
+    sh(host, "mkdir -p -m 0700 %s && for f in AGENTS.md WORKSTATE.md; do "
+             "[ -f %s/$f.saved ] || cp -p %s/$f %s/$f.saved; done" % (ORIGINALS, ORIGINALS, EVIL_HOME, ORIGINALS))
+
+
+def restore(host):
+    """The evil agent's files back to what the role wrote (the progress file absent)."""
+    as_evil(host, "rm -f %s" % " ".join(FILES))
+    sh(host, "for f in AGENTS.md WORKSTATE.md; do cp -p %s/$f.saved %s/$f; done" % (ORIGINALS, EVIL_HOME))
 
 
 # --------------------------------------------------------------------------- evidence
