@@ -618,3 +618,48 @@ def test_status_figures_without_anything_spooled(tmp_path):
     assert alert.spooled_count(args) == 0
     assert alert.spool_status_line(args) is None
     assert alert.dead_letter_summary(argparse.Namespace(**vars(args)))["channels"] == {}
+
+
+# --------------------------------------------------------------------------- TLS
+@pytest.fixture
+def tls_cert(tmp_path):
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is needed to make a test certificate")
+    import subprocess
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=60)
+    return str(cert), str(key)
+
+
+def test_https_is_verified_and_bounded(tmp_path, tls_cert, recorder, monkeypatch):
+    import socket
+    import ssl
+    cert, key = tls_cert
+    server = Hostile(answer_with(200, b'{"ok": true}'))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    silent = socket.socket()                                 # accepts, never says a word of TLS
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(4)
+    try:
+        args = make_args(tmp_path)
+        tls = {"type": "webhook", "url": "https://127.0.0.1:%d/hook/%s" % (server.server_address[1], SECRET)}
+        mute = {"type": "webhook", "url": "https://127.0.0.1:%d/hook" % silent.getsockname()[1]}
+        write_config(args, [tls, mute, webhook_channel(recorder)], alert_timeout_seconds=TIMEOUT)
+        start = time.monotonic()
+        assert alert.emit(args, "critical", "k1", "not trusted")
+        assert time.monotonic() - start < TIMEOUT + SLACK
+        assert "CERTIFICATE_VERIFY_FAILED" in spool_entries(args, tls)[0]["last_error"]
+        assert "deadline of 2s" in spool_entries(args, mute)[0]["last_error"]
+        assert server.posts() == []
+        monkeypatch.setenv("SSL_CERT_FILE", cert)            # the test CA trusted: delivered
+        assert alert.emit(args, "critical", "k2", "trusted")
+        assert server.keys() == ["k2"]
+        assert accepted_keys(recorder) == ["k1", "k2"]
+    finally:
+        server.close()
+        silent.close()

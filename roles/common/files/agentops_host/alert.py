@@ -65,7 +65,7 @@ import math
 import os
 import random
 import re
-import select
+import selectors
 import shlex
 import signal
 import socket
@@ -784,14 +784,17 @@ def send_webhook(channel, msg, timeout, max_wait=MAX_INLINE_RETRY_AFTER, sleep=t
 
 
 def _exchange(proc, data, deadline):
-    """Feed ``data`` to the command and read its output (at most OUTPUT_LIMIT bytes) until it exits,
+    """Feed ``data`` to the command and read its output (at most OUTPUT_LIMIT bytes kept) until it exits,
     without blocking past ``deadline``. Returns (output, timed out)."""
     output = bytearray()
     pending = memoryview(data)
     stdin, stdout = proc.stdin, proc.stdout
+    selector = selectors.DefaultSelector()
     os.set_blocking(stdout.fileno(), False)
+    selector.register(stdout, selectors.EVENT_READ)
     if pending:
         os.set_blocking(stdin.fileno(), False)
+        selector.register(stdin, selectors.EVENT_WRITE)
     else:
         stdin.close()
         stdin = None
@@ -805,36 +808,37 @@ def _exchange(proc, data, deadline):
                 exited_at = now
             if exited_at is not None and now - exited_at > PIPE_GRACE:
                 break                   # a child that left the command's process group still holds the pipe
-            readers = [stdout] if stdout is not None else []
-            writers = [stdin] if stdin is not None else []
-            ready_r, ready_w, _ = select.select(readers, writers, [], min(deadline - now, 0.25))
-            if ready_w:
-                try:
-                    written = os.write(stdin.fileno(), pending[:65536])
-                    pending = pending[written:]
-                except BlockingIOError:
-                    pass
-                except OSError:             # the command closed its stdin: it does not want the rest
-                    pending = pending[len(pending):]
-                if not pending:
-                    stdin.close()
-                    stdin = None
-            if ready_r:
-                try:
-                    chunk = os.read(stdout.fileno(), 65536)
-                except BlockingIOError:
-                    chunk = None
-                if chunk == b"":
-                    stdout.close()
-                    stdout = None
-                elif chunk and len(output) < OUTPUT_LIMIT:
-                    output += chunk[:OUTPUT_LIMIT - len(output)]
+            for key, _events in selector.select(min(deadline - now, 0.25)):
+                if key.fileobj is stdin:
+                    try:
+                        written = os.write(stdin.fileno(), pending[:65536])
+                        pending = pending[written:]
+                    except BlockingIOError:
+                        pass
+                    except OSError:     # the command closed its stdin: it does not want the rest
+                        pending = pending[len(pending):]
+                    if not pending:
+                        selector.unregister(stdin)
+                        stdin.close()
+                        stdin = None
+                elif key.fileobj is stdout:
+                    try:
+                        chunk = os.read(stdout.fileno(), 65536)
+                    except BlockingIOError:
+                        continue
+                    if not chunk:
+                        selector.unregister(stdout)
+                        stdout.close()
+                        stdout = None
+                    elif len(output) < OUTPUT_LIMIT:
+                        output += chunk[:OUTPUT_LIMIT - len(output)]
         try:
             proc.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             return bytes(output), True
         return bytes(output), False
     finally:
+        selector.close()
         for pipe in (stdin, stdout):
             if pipe is not None:
                 with contextlib.suppress(OSError):
