@@ -1398,27 +1398,22 @@ def crashloop_key(agent, unit):
     return "%s/crashloop" % agent if agent else "unit/%s/crashloop" % unit
 
 
-def failure(args, unit):
-    """Alert on a unit that entered the failed state (the body of ``agentops-alert@.service``).
+def failure_report(unit, props=None):
+    """(final, title, body) of a unit that failed: its Result, NRestarts, state and last journal lines.
 
-    When the unit stays failed (start limit hit, or no ``Restart=``) this is ``<agent>/down``
-    (``unit/<unit>/down`` for a unit that is not an agent, such as the collection's own
-    ``agentops-heartbeat.service``). systemd 254 and later also run ``OnFailure=`` for failures
-    that ``Restart=`` recovers from; the unit is then already restarting or running again, and
-    the message goes to ``<agent>/crashloop``. Both are de-duplicated like every alert: a unit
-    that fails at every tick alerts once per incident (until the heartbeat resolves the key),
-    then as a reminder or an escalation.
+    Shared by ``agentops failure`` and the heartbeat, so whichever of them raises ``<agent>/down``
+    first, the one message sent carries the same facts.
     """
-    try:
-        props = systemd.show(unit)
-    except Exception as exc:  # pylint: disable=broad-except
-        log("failure %s: systemctl show failed: %s" % (unit, describe_exception(exc)))
-        props = {}
+    if props is None:
+        try:
+            props = systemd.show(unit)
+        except Exception as exc:  # pylint: disable=broad-except
+            log("failure %s: systemctl show failed: %s" % (unit, describe_exception(exc)))
+            props = {}
     try:
         tail = systemd.journal_tail(unit, JOURNAL_LINES)
     except Exception as exc:  # pylint: disable=broad-except
         tail = "(journal not available: %s)" % describe_exception(exc)
-    agent = agent_of_unit(args, unit)
     result = props.get("Result") or "unknown"
     restarts = props.get("NRestarts") or "0"
     since = props.get("InactiveEnterTimestamp") or props.get("StateChangeTimestamp") or "unknown"
@@ -1439,6 +1434,22 @@ def failure(args, unit):
         "Last %d journal lines:" % JOURNAL_LINES,
         tail,
     ])
+    return final, title, body
+
+
+def failure(args, unit):
+    """Alert on a unit that entered the failed state (the body of ``agentops-alert@.service``).
+
+    When the unit stays failed (start limit hit, or no ``Restart=``) this is ``<agent>/down``
+    (``unit/<unit>/down`` for a unit that is not an agent, such as the collection's own
+    ``agentops-heartbeat.service``). systemd 254 and later also run ``OnFailure=`` for failures
+    that ``Restart=`` recovers from; the unit is then already restarting or running again, and
+    the message goes to ``<agent>/crashloop``. Both are de-duplicated like every alert: a unit
+    that fails at every tick alerts once per incident (until the heartbeat resolves the key),
+    then as a reminder or an escalation.
+    """
+    final, title, body = failure_report(unit)
+    agent = agent_of_unit(args, unit)
     key = down_key(agent, unit) if final else crashloop_key(agent, unit)
     return emit(args, "critical", key, title, body, agent=agent, unit=unit)
 

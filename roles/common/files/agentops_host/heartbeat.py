@@ -259,10 +259,9 @@ class Checker:
         active, sub = props.get("ActiveState", "unknown"), props.get("SubState", "unknown")
         key = alert.down_key(name, unit)
         if active == "failed":
-            self._emit("critical", key, "%s failed (Result=%s, NRestarts=%s)" % (
-                unit, props.get("Result", "?"), props.get("NRestarts", "?")),
-                "The unit is in the failed state since %s." % (props.get("InactiveEnterTimestamp") or "?"),
-                agent=name, unit=unit)
+            # The same message as `agentops failure` (OnFailure=): whichever runs first sends it.
+            _final, title, body = alert.failure_report(unit, props)
+            self._emit("critical", key, title, body, agent=name, unit=unit)
         elif active == "inactive" and expected:
             self._emit("warning", key, "%s is not running (%s/%s)" % (unit, active, sub),
                        "The agent is enabled but its unit is inactive since %s."
