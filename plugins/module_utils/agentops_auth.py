@@ -14,6 +14,22 @@ A check is a dict (the ``auth_checks`` entries of the inventory contract)::
 ``run_check(check, token=None, timeout=10)`` returns a dict with the keys
 ``status`` (one of ``STATUSES``), ``message``, ``http_status``, ``expires_at``,
 ``expires_in_seconds`` and ``elapsed``. The token never appears in it.
+
+Limits that hold whatever a remote endpoint or a command does:
+
+- an HTTP check has one overall deadline (``timeout``): connecting, TLS, sending and reading
+  the status line and headers together; at the deadline its socket is shut down from a
+  watchdog and the check is AUTH_UNREACHABLE. The answer's body is never read. Redirects
+  are never followed;
+- a token, a header name or a header value holding CR, LF or NUL is refused before anything
+  is sent (AUTH_FAILED, the value is never shown);
+- a command check runs with a fixed minimal environment (``PATH``, ``LANG=C.UTF-8``, ``HOME``,
+  ``USER`` and ``LOGNAME`` of the effective user), working directory ``/``, the token on
+  standard input, no inherited file descriptors, its own process group (killed at the
+  deadline) and its output read with a bound (``run_bounded``);
+- messages name the class of a library error and only detail known not to hold data
+  (an OS error's text, a TLS verification reason), with every secret masked before a
+  message is cut to length.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -22,22 +38,34 @@ __metaclass__ = type
 
 import base64
 import datetime
+import errno
+import functools
 import json
 import os
 import re
+import selectors
 import shlex
+import signal
 import socket
 import ssl
 import stat
 import subprocess
+import threading
 import time
 
 try:  # Python 3 (managed hosts and controllers); the module is never run on Python 2
+    from http import client as http_client
     from urllib import error as urllib_error
     from urllib import request as urllib_request
 except ImportError:  # pragma: no cover
+    http_client = None
     urllib_error = None
     urllib_request = None
+
+try:
+    import pwd
+except ImportError:  # pragma: no cover - POSIX hosts only
+    pwd = None
 
 from .agentops_timespan import parse_timespan
 
@@ -50,6 +78,14 @@ STATUSES = (AUTH_OK, AUTH_EXPIRING, AUTH_FAILED, AUTH_UNREACHABLE)
 CHECK_TYPES = ("http", "jwt", "command", "file")
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 DEFAULT_TIMEOUT = 10
+SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+MAX_COMMAND_OUTPUT = 64 * 1024  # stdout of a command check beyond this is a failure
+STDERR_TAIL = 8 * 1024  # bytes of a command's stderr kept (the end of it)
+MAX_TOKEN_FILE = 1024 * 1024
+MAX_DETAIL = 200  # characters of library/command detail shown in a message
+EXIT_GRACE = 0.5  # seconds the pipes are drained after the command itself exited
+_LINE_BREAK = re.compile(r"[\r\n\x00]")
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # Keys a check may carry. "credential" is resolved by the caller (the on-host
 # command reads /etc/agentops/credentials/<agent>/<credential>).
@@ -116,6 +152,8 @@ def validate_check(check, token_sources=("token", "token_file", "credential"), t
         headers = check.get("headers")
         if headers is not None and not isinstance(headers, dict):
             errors.append("%s: 'headers' must be a mapping of header name to value" % label)
+        elif headers:
+            errors.extend(header_errors(headers, label))
         try:
             _expected_statuses(check)
         except ValueError as exc:
@@ -171,6 +209,29 @@ def validate_check(check, token_sources=("token", "token_file", "credential"), t
     return errors
 
 
+def has_line_break(value):
+    """True when ``value`` holds CR, LF or NUL: such a value would split an HTTP header."""
+    return value is not None and bool(_LINE_BREAK.search(str(value)))
+
+
+def header_errors(headers, label):
+    """Errors of a headers mapping; never shows a header value (values are secrets)."""
+    errors = []
+    for key, value in headers.items():
+        name = str(key)
+        if has_line_break(name):
+            errors.append("%s: a header name contains a line break (CR/LF) or NUL character; "
+                          "header names are one word" % label)
+        elif not _HEADER_NAME.match(name):
+            errors.append("%s: header name %r is not a valid HTTP header name" % (label, name[:64]))
+        elif value is None or isinstance(value, (dict, list)):
+            errors.append("%s: header %s must have a text value" % (label, name))
+        elif has_line_break(value):
+            errors.append("%s: the value of header %s contains a line break (CR/LF) or NUL character "
+                          "(value not shown); a header value is one line" % (label, name))
+    return errors
+
+
 def _expected_statuses(check):
     raw = check.get("expect_status")
     if raw is None or raw == "" or raw == []:
@@ -199,19 +260,108 @@ def _result(status, message, started, http_status=None, expires_at=None, expires
     }
 
 
+def _secret_forms(secrets):
+    """Every form in which a secret may show up in a text: itself, escaped (repr), each of its lines."""
+    forms = set()
+    for secret in secrets:
+        if secret is None:
+            continue
+        secret = str(secret)
+        candidates = [secret, repr(secret)[1:-1], repr(secret.encode("utf-8", "replace"))[2:-1]]
+        candidates.extend(secret.splitlines())
+        for form in candidates:
+            form = form.strip()
+            if len(form) >= 3:
+                forms.add(form)
+    return sorted(forms, key=len, reverse=True)
+
+
 def _scrub(text, secrets):
     """Remove every secret (and its obvious encodings) from a text meant for people."""
     text = str(text)
-    for secret in secrets:
-        if secret and len(secret) >= 3:
-            text = text.replace(secret, "********")
+    for form in _secret_forms(secrets):
+        text = text.replace(form, "********")
     return text
 
 
-def read_token_file(path):
-    """Return the content of a token file without its final newline."""
-    with open(path, "r", encoding="utf-8") as handle:
-        return handle.read().rstrip("\r\n")
+def mask_text(text, secrets, min_part=4):
+    """Mask every secret in ``text``, also a secret cut at either end of it (a text that is itself a cut-out).
+
+    Call it BEFORE cutting a text to length: a secret cut in two by the truncation would
+    no longer be recognised afterwards.
+    """
+    text = _scrub(text, secrets)
+    for form in _secret_forms(secrets):
+        longest = min(len(form) - 1, len(text))
+        for size in range(longest, min_part - 1, -1):
+            if text.startswith(form[-size:]):
+                text = "********" + text[size:]
+                break
+        longest = min(len(form) - 1, len(text))
+        for size in range(longest, min_part - 1, -1):
+            if text.endswith(form[:size]):
+                text = text[:-size] + "********"
+                break
+    return text
+
+
+def _printable(text):
+    return "".join(ch if ch.isprintable() else " " for ch in text)
+
+
+def bounded_detail(text, secrets, limit=MAX_DETAIL):
+    """``text`` made fit for a message: secrets masked first, then control characters removed, then cut."""
+    text = _printable(mask_text(str(text), secrets)).strip()
+    if len(text) > limit:
+        text = text[:limit - 3].rstrip() + "..."
+    return text
+
+
+def describe_error(exc, secrets=()):
+    """The class of an exception and only the part of its text known not to hold data.
+
+    Library messages can quote what they were given (http.client's ``Invalid header value
+    b'Bearer ...'``, a status line a server sent back): those are reduced to their class name.
+    The text of an operating system error (``Connection refused``) and a TLS verification
+    reason are kept, masked and bounded.
+    """
+    name = type(exc).__name__
+    detail = None
+    if isinstance(exc, ssl.SSLCertVerificationError if hasattr(ssl, "SSLCertVerificationError") else ()):
+        detail = getattr(exc, "verify_message", None) or getattr(exc, "reason", None)
+    elif isinstance(exc, ssl.SSLError):
+        detail = getattr(exc, "reason", None)
+    elif isinstance(exc, (socket.timeout, TimeoutError)):
+        detail = "timed out"
+    elif isinstance(exc, OSError):
+        detail = exc.strerror
+    elif isinstance(exc, UnicodeError):
+        detail = getattr(exc, "reason", None)
+    if detail:
+        return "%s: %s" % (name, bounded_detail(detail, secrets))
+    return name
+
+
+def read_token_file(path, limit=MAX_TOKEN_FILE):
+    """Return the content of a token file without its final newline (at most ``limit`` bytes)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
+        chunks = []
+        size = 0
+        while size <= limit:
+            chunk = os.read(fd, min(65536, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > limit:
+            raise OSError(errno.EFBIG, "larger than %d KiB" % (limit // 1024), path)
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode("utf-8").rstrip("\r\n")
 
 
 def describe_duration(seconds):
@@ -236,6 +386,87 @@ class _NoRedirect(urllib_request.HTTPRedirectHandler if urllib_request else obje
         return None
 
 
+class _Watch(object):
+    """The sockets of one request, shut down from another thread when its deadline passes."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._sockets = []
+        self.expired = False
+
+    def add(self, sock):
+        with self._lock:
+            if not self.expired:
+                self._sockets.append(sock)
+                return sock
+        _shutdown(sock)
+        return sock
+
+    def expire(self):
+        with self._lock:
+            self.expired = True
+            sockets = list(self._sockets)
+        for sock in sockets:
+            _shutdown(sock)
+
+
+def _shutdown(sock):
+    """shutdown(2) on the descriptor: a blocked recv/send/handshake in another thread returns at once."""
+    try:
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)  # also for an SSLSocket: no TLS close_notify, just the fd
+    except (OSError, ValueError, TypeError):
+        pass
+
+
+if http_client is not None:
+    class _WatchedHTTPConnection(http_client.HTTPConnection):
+        """HTTPConnection whose socket is registered with a _Watch as soon as it exists."""
+
+        def __init__(self, *args, **kwargs):
+            watch = kwargs.pop("watch")
+            http_client.HTTPConnection.__init__(self, *args, **kwargs)
+            self._agentops_watch = watch
+            self._create_connection = lambda *a, **k: watch.add(socket.create_connection(*a, **k))
+
+    class _WatchedHTTPSConnection(http_client.HTTPSConnection):
+        """HTTPSConnection whose TCP and TLS sockets are registered with a _Watch (the handshake included)."""
+
+        def __init__(self, *args, **kwargs):
+            watch = kwargs.pop("watch")
+            http_client.HTTPSConnection.__init__(self, *args, **kwargs)
+            self._agentops_watch = watch
+            self._create_connection = lambda *a, **k: watch.add(socket.create_connection(*a, **k))
+
+        def connect(self):
+            http_client.HTTPConnection.connect(self)  # TCP (and a proxy tunnel), watched
+            server_hostname = self._tunnel_host or self.host
+            sock = self._context.wrap_socket(self.sock, server_hostname=server_hostname,
+                                             do_handshake_on_connect=False)
+            self._agentops_watch.add(sock)
+            self.sock = sock
+            sock.do_handshake()
+
+
+if urllib_request is not None:
+    class _WatchedHTTPHandler(urllib_request.HTTPHandler):
+        def __init__(self, watch):
+            urllib_request.HTTPHandler.__init__(self)
+            self._agentops_watch = watch
+
+        def http_open(self, req):
+            return self.do_open(functools.partial(_WatchedHTTPConnection, watch=self._agentops_watch), req)
+
+    class _WatchedHTTPSHandler(urllib_request.HTTPSHandler):
+        def __init__(self, watch, context):
+            urllib_request.HTTPSHandler.__init__(self, context=context)
+            self._agentops_watch = watch
+            self._agentops_context = context
+
+        def https_open(self, req):
+            return self.do_open(functools.partial(_WatchedHTTPSConnection, watch=self._agentops_watch), req,
+                                context=self._agentops_context)
+
+
 def _ssl_context(check):
     if check.get("validate_certs") is False:
         context = ssl.create_default_context()
@@ -250,14 +481,63 @@ def _ssl_context(check):
     return ssl.create_default_context()
 
 
+def http_exchange(request, context, timeout):
+    """Send ``request`` and read the status line and headers within ONE overall deadline.
+
+    Returns ``(answer, error, timed_out)``: ``answer`` is a dict (code, reason, location) or
+    None, ``error`` the exception the exchange raised or None. The exchange runs in a worker
+    thread; at the deadline its sockets are shut down (a server trickling one byte a second
+    cannot hold it) and the caller returns even if the worker is still stuck (in a DNS lookup,
+    for instance: it is a daemon thread). The body is never read; redirects are not followed.
+    """
+    watch = _Watch()
+    box = {}
+
+    def work():
+        try:
+            opener = urllib_request.build_opener(_NoRedirect(), _WatchedHTTPHandler(watch),
+                                                 _WatchedHTTPSHandler(watch, context))
+            try:
+                response = opener.open(request, timeout=timeout)
+            except urllib_error.HTTPError as exc:
+                headers = exc.headers
+                box["answer"] = {"code": exc.code, "reason": str(exc.reason or ""),
+                                 "location": headers.get("Location") if headers else None}
+                exc.close()
+            else:
+                box["answer"] = {"code": response.getcode(), "reason": str(getattr(response, "reason", "") or ""),
+                                 "location": None}
+                response.close()  # the body is never read
+        except BaseException as exc:  # pylint: disable=broad-except  # handed to the caller
+            box["error"] = exc
+
+    worker = threading.Thread(target=work, name="agentops-auth-http")
+    worker.daemon = True
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        watch.expire()
+        worker.join(1.0)  # the worker unwinds once its socket is shut down; never wait longer
+        return None, None, True
+    return box.get("answer"), box.get("error"), False
+
+
 def _check_http(check, token, timeout, started, label):
     url = str(check["url"])
     method = str(check.get("method") or "GET").upper()
     expected = _expected_statuses(check)
     secrets = [token, check.get("password")]
     headers = {"User-Agent": "agentops-auth-check/1", "Accept": "application/json, */*"}
+    problems = header_errors(check.get("headers") or {}, label)
+    if problems:
+        return _result(AUTH_FAILED, "%s FAILED: %s; nothing was sent" % (label, "; ".join(problems)), started)
     for key, value in (check.get("headers") or {}).items():
         headers[str(key)] = str(value)
+        secrets.append(str(value))
+    if has_line_break(token):
+        return _result(AUTH_FAILED, "%s FAILED: the token contains a line break (CR/LF) or NUL character (not shown); "
+                       "a token is one line (only the final newline of a token file is ignored). Nothing was sent"
+                       % label, started)
     if _is_set(check.get("username")):
         password = check.get("password") if _is_set(check.get("password")) else (token or "")
         secrets.append(password)
@@ -273,49 +553,49 @@ def _check_http(check, token, timeout, started, label):
         data = (body if isinstance(body, str) else json.dumps(body)).encode("utf-8")
         if not isinstance(body, str):
             headers.setdefault("Content-Type", "application/json")
-    request = urllib_request.Request(url, data=data, headers=headers, method=method)
-    handlers = [_NoRedirect(), urllib_request.HTTPSHandler(context=_ssl_context(check))]
-    opener = urllib_request.build_opener(*handlers)
+    too_slow = ("%s UNREACHABLE: %s %s did not answer within %ss; the token was not checked "
+                "(network or service problem, not an auth failure)" % (label, method, url, _fmt_seconds(timeout)))
     try:
-        try:
-            response = opener.open(request, timeout=timeout)
-            code = response.getcode()
-            response.close()
-            reason = getattr(response, "reason", "") or ""
-        except urllib_error.HTTPError as exc:
-            code = exc.code
-            reason = exc.reason or ""
-            location = exc.headers.get("Location") if exc.headers else None
-            exc.close()
-            if 300 <= code < 400 and code not in expected:
-                return _result(AUTH_FAILED, _scrub(
-                    "%s FAILED: %s %s answered HTTP %d and redirects to %s, which usually means a login page: "
-                    "the credential was not accepted" % (label, method, url, code, location or "?"), secrets),
-                    started, http_status=code)
-    except (socket.timeout, TimeoutError):
-        return _result(AUTH_UNREACHABLE, "%s UNREACHABLE: %s %s did not answer within %ss; "
-                       "the token was not checked (network or service problem, not an auth failure)"
-                       % (label, method, url, _fmt_seconds(timeout)), started)
-    except urllib_error.URLError as exc:
-        reason = exc.reason
-        if isinstance(reason, ssl.SSLError) or "CERTIFICATE" in str(reason).upper():
+        request = urllib_request.Request(url, data=data, headers=headers, method=method)
+        context = _ssl_context(check)
+    except (ValueError, OSError) as exc:
+        return _result(AUTH_FAILED, "%s FAILED: the request cannot be built (%s)"
+                       % (label, describe_error(exc, secrets)), started)
+    answer, error, timed_out = http_exchange(request, context, timeout)
+    if timed_out:
+        return _result(AUTH_UNREACHABLE, too_slow, started)
+    if error is not None:
+        reason = error.reason if isinstance(error, urllib_error.URLError) else error
+        if isinstance(reason, (socket.timeout, TimeoutError)):
+            return _result(AUTH_UNREACHABLE, too_slow, started)
+        if isinstance(reason, ssl.SSLError) or "CERTIFICATE" in str(getattr(reason, "reason", "") or "").upper():
             return _result(AUTH_UNREACHABLE, _scrub(
                 "%s UNREACHABLE: TLS verification of %s failed (%s); fix the certificate or set ca_path, "
-                "the token was not checked" % (label, url, reason), secrets), started)
-        if isinstance(reason, (socket.timeout, TimeoutError)):
-            return _result(AUTH_UNREACHABLE, "%s UNREACHABLE: %s %s did not answer within %ss; "
-                           "the token was not checked (network or service problem, not an auth failure)"
-                           % (label, method, url, _fmt_seconds(timeout)), started)
+                "the token was not checked" % (label, url, describe_error(reason, secrets)), secrets), started)
+        if isinstance(error, urllib_error.URLError):
+            shown = describe_error(reason, secrets) if isinstance(reason, BaseException) else bounded_detail(
+                reason, secrets)
+            return _result(AUTH_UNREACHABLE, _scrub(
+                "%s UNREACHABLE: cannot connect to %s (%s); the token was not checked "
+                "(network or service problem, not an auth failure)" % (label, url, shown), secrets), started)
+        if not isinstance(error, Exception):  # KeyboardInterrupt, SystemExit in the worker
+            raise error
         return _result(AUTH_UNREACHABLE, _scrub(
-            "%s UNREACHABLE: cannot connect to %s (%s); the token was not checked "
-            "(network or service problem, not an auth failure)" % (label, url, reason), secrets), started)
-    except (OSError, ValueError) as exc:  # connection reset, bad status line, ...
-        return _result(AUTH_UNREACHABLE, _scrub(
-            "%s UNREACHABLE: %s %s failed: %s; the token was not checked" % (label, method, url, exc), secrets), started)
+            "%s UNREACHABLE: %s %s failed (%s); the token was not checked"
+            % (label, method, url, describe_error(error, secrets)), secrets), started)
 
+    code = answer["code"]
+    reason = bounded_detail(answer["reason"], secrets, limit=80)
+    if 300 <= code < 400 and code not in expected:
+        location = bounded_detail(answer["location"] or "?", secrets)
+        return _result(AUTH_FAILED, _scrub(
+            "%s FAILED: %s %s answered HTTP %d and redirects to %s, which usually means a login page: "
+            "the credential was not accepted" % (label, method, url, code, location), secrets),
+            started, http_status=code)
     shown = ("%d %s" % (code, reason)).strip()
     if code in expected:
-        return _result(AUTH_OK, "%s OK: %s %s answered HTTP %s" % (label, method, url, shown), started, http_status=code)
+        return _result(AUTH_OK, _scrub("%s OK: %s %s answered HTTP %s" % (label, method, url, shown), secrets),
+                       started, http_status=code)
     if code in (401, 403):
         what = "expired, revoked or wrong" if code == 401 else "valid but not allowed to do this (missing scope or permission)"
         return _result(AUTH_FAILED, _scrub(
@@ -395,31 +675,216 @@ def _check_jwt(check, token, started, label, now=None):
                    expires_at=expires_at, expires_in=remaining)
 
 
+def minimal_env(extra=None):
+    """The fixed environment of commands the collection runs: never the caller's.
+
+    ``PATH`` (system directories only), ``LANG=C.UTF-8``, and ``HOME``/``USER``/``LOGNAME`` of
+    the effective user from the password database (``/root`` for root), so no ``PYTHONPATH``,
+    ``LD_PRELOAD`` or an agent's ``HOME`` reaches the command.
+    """
+    uid = os.geteuid()
+    home, user = ("/root" if uid == 0 else "/"), None
+    if pwd is not None:
+        try:
+            record = pwd.getpwuid(uid)
+        except KeyError:
+            record = None
+        if record is not None:
+            home, user = record.pw_dir or home, record.pw_name
+    env = {"PATH": SAFE_PATH, "LANG": "C.UTF-8", "HOME": home}
+    if user:
+        env["USER"] = env["LOGNAME"] = user
+    env.update(extra or {})
+    return env
+
+
+def _exited_unreaped(proc):
+    """True once the child has exited, WITHOUT reaping it where the OS allows (its pid stays reserved)."""
+    if not hasattr(os, "waitid"):  # macOS: Popen.poll reaps
+        return proc.poll() is not None
+    try:
+        return os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True
+
+
+def _kill_group(proc):
+    if proc.returncode is not None:  # already reaped: its pid (the group id) may belong to another process now
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def run_bounded(argv, stdin_data=b"", timeout=DEFAULT_TIMEOUT, env=None, cwd="/", stdout_limit=MAX_COMMAND_OUTPUT,
+                stderr_limit=STDERR_TAIL, **popen_kwargs):
+    """Run ``argv`` with one overall deadline and bounded output; return a dict.
+
+    - ``env`` defaults to ``minimal_env()`` (never the caller's environment), ``cwd`` to ``/``;
+      no file descriptor but the three pipes is inherited; the command is the leader of a new
+      session (``start_new_session``), so its whole process group can be killed;
+    - ``stdin_data`` is written while stdout and stderr are read (one poll loop, no deadlock);
+    - stdout beyond ``stdout_limit`` bytes stops the run (``stdout_overflow``); of stderr only
+      the last ``stderr_limit`` bytes are kept (``stderr_truncated`` says something was dropped);
+    - at the deadline, or on overflow, the process group is killed and reading STOPS: a
+      process that escaped with ``setsid`` and keeps the pipes open cannot hold the caller;
+      after the command itself exits, the pipes are drained for at most ``EXIT_GRACE`` seconds.
+
+    Keys: ``returncode`` (None when killed by us), ``stdout``, ``stderr`` (bytes), ``stdout_overflow``,
+    ``stderr_truncated``, ``timed_out``, ``elapsed``. Raises OSError when the command cannot start.
+    """
+    started = time.monotonic()
+    deadline = started + timeout
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=minimal_env() if env is None else env, cwd=cwd, close_fds=True,
+                            start_new_session=True, **popen_kwargs)
+    out, err = bytearray(), bytearray()
+    result = {"returncode": None, "stdout_overflow": False, "stderr_truncated": False, "timed_out": False}
+    pending = memoryview(bytes(stdin_data or b""))
+    written = 0
+    selector = selectors.DefaultSelector()
+    pidfd = None
+    exited = False
+    drain_until = None
+    try:
+        if hasattr(os, "pidfd_open"):
+            try:
+                pidfd = os.pidfd_open(proc.pid)
+                selector.register(pidfd, selectors.EVENT_READ, "exit")
+            except OSError:  # kernel older than 5.3
+                pidfd = None
+        if pending:
+            os.set_blocking(proc.stdin.fileno(), False)
+            selector.register(proc.stdin, selectors.EVENT_WRITE, "stdin")
+        else:
+            proc.stdin.close()
+        selector.register(proc.stdout, selectors.EVENT_READ, "stdout")
+        selector.register(proc.stderr, selectors.EVENT_READ, "stderr")
+        open_pipes = 2
+        while open_pipes or not exited:
+            now = time.monotonic()
+            if now >= deadline:
+                result["timed_out"] = not exited
+                break
+            if drain_until is not None and now >= drain_until:
+                break  # the command exited; whatever still holds its pipes is not waited for
+            wait = min(deadline, drain_until or deadline) - now
+            if pidfd is None and not exited:
+                wait = min(wait, 0.05)
+            events = selector.select(wait)
+            for key, _mask in events:
+                if key.data == "exit":
+                    selector.unregister(pidfd)
+                    exited = True
+                elif key.data == "stdin":
+                    try:
+                        written += os.write(proc.stdin.fileno(), pending[written:written + 65536])
+                    except BlockingIOError:
+                        continue
+                    except OSError:  # EPIPE: the command does not read its input
+                        written = len(pending)
+                    if written >= len(pending):
+                        selector.unregister(proc.stdin)
+                        try:
+                            proc.stdin.close()
+                        except OSError:
+                            pass
+                else:
+                    chunk = os.read(key.fileobj.fileno(), 65536)
+                    if not chunk:
+                        selector.unregister(key.fileobj)
+                        open_pipes -= 1
+                        continue
+                    if key.data == "stdout":
+                        room = stdout_limit - len(out)
+                        if len(chunk) > room:
+                            out += chunk[:max(room, 0)]
+                            result["stdout_overflow"] = True
+                        else:
+                            out += chunk
+                    else:
+                        err += chunk
+                        if len(err) > stderr_limit:
+                            del err[:len(err) - stderr_limit]
+                            result["stderr_truncated"] = True
+            if result["stdout_overflow"]:
+                break
+            if not exited and pidfd is None:
+                exited = _exited_unreaped(proc)
+            if exited and open_pipes and drain_until is None:
+                drain_until = time.monotonic() + EXIT_GRACE
+    finally:
+        # Kill what is left of the group while the child is unreaped (its pid cannot be reused yet).
+        _kill_group(proc)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:  # stuck in the kernel; never hold the caller for it
+            pass
+        selector.close()
+        if pidfd is not None:
+            os.close(pidfd)
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            try:
+                stream.close()
+            except OSError:
+                pass
+    if exited and not result["stdout_overflow"]:
+        result["returncode"] = proc.returncode
+    result.update(stdout=bytes(out), stderr=bytes(err), elapsed=time.monotonic() - started)
+    return result
+
+
+def last_line(data, secrets, truncated=False, limit=MAX_DETAIL):
+    """The last non-empty line of a command's output, secrets masked BEFORE it is cut to ``limit``.
+
+    ``truncated`` says ``data`` is the end of a longer output: its first (partial) line is
+    dropped, so the cut-off end of a secret before it cannot show.
+    """
+    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data)
+    text = mask_text(text, secrets)
+    lines = text.splitlines()
+    if truncated and len(lines) > 1:
+        lines = lines[1:]
+    lines = [line.strip() for line in lines if line.strip()]
+    if not lines:
+        return ""
+    return bounded_detail(lines[-1], secrets, limit=limit)
+
+
 def _check_command(check, token, timeout, started, label):
     command = check["command"]
     argv = list(command) if isinstance(command, list) else shlex.split(command)
     shown = command if isinstance(command, str) else " ".join(shlex.quote(p) for p in command)
-    env = dict(os.environ)
-    env.pop("AGENTOPS_TOKEN", None)
+    secrets = [token]
+    stdin = ((token or "") + ("\n" if token else "")).encode("utf-8")
     try:
-        proc = subprocess.run(argv, input=(token or "") + ("\n" if token else ""), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, timeout=timeout, check=False,
-                              universal_newlines=True, env=env)
+        run = run_bounded(argv, stdin_data=stdin, timeout=timeout, env=minimal_env(), cwd="/")
     except FileNotFoundError:
         return _result(AUTH_FAILED, "%s FAILED: command not found: %s" % (label, argv[0]), started)
     except PermissionError:
         return _result(AUTH_FAILED, "%s FAILED: command is not executable: %s" % (label, argv[0]), started)
-    except subprocess.TimeoutExpired:
+    except OSError as exc:
+        return _result(AUTH_FAILED, "%s FAILED: cannot run %s (%s)" % (label, argv[0], describe_error(exc, secrets)),
+                       started)
+    if run["timed_out"]:
         return _result(AUTH_UNREACHABLE, "%s UNREACHABLE: `%s` did not finish within %ss; the credential was not checked"
                        % (label, shown, _fmt_seconds(timeout)), started)
-    secrets = [token]
-    if proc.returncode != 0:
-        detail = (proc.stderr or proc.stdout or "").strip().splitlines()
-        tail = (": " + detail[-1][:200]) if detail else ""
-        return _result(AUTH_FAILED, _scrub("%s FAILED: `%s` exited with %d%s" % (label, shown, proc.returncode, tail), secrets),
-                       started)
+    if run["stdout_overflow"]:
+        return _result(AUTH_FAILED, "%s FAILED: `%s` printed more than %d KiB; a check command prints a short status"
+                       % (label, shown, MAX_COMMAND_OUTPUT // 1024), started)
+    stdout = run["stdout"].decode("utf-8", "replace")
+    if run["returncode"] != 0:
+        if run["stderr"].strip():
+            tail = last_line(run["stderr"], secrets, truncated=run["stderr_truncated"])
+        else:
+            tail = last_line(stdout, secrets)
+        how = ("exited with %d" % run["returncode"]) if run["returncode"] >= 0 else (
+            "was killed by signal %d" % -run["returncode"])
+        return _result(AUTH_FAILED, _scrub("%s FAILED: `%s` %s%s" % (label, shown, how, (": " + tail) if tail else ""),
+                                           secrets), started)
     regex = check.get("expect_regex")
-    if _is_set(regex) and not re.search(str(regex), proc.stdout or "", re.M):
+    if _is_set(regex) and not re.search(str(regex), stdout, re.M):
         return _result(AUTH_FAILED, "%s FAILED: `%s` succeeded but its output does not match %r"
                        % (label, shown, str(regex)), started)
     return _result(AUTH_OK, "%s OK: `%s` succeeded" % (label, shown), started)
@@ -480,7 +945,7 @@ def run_check(check, token=None, timeout=DEFAULT_TIMEOUT):
                 token = read_token_file(check["token_file"])
             except OSError as exc:
                 return _result(AUTH_FAILED, "%s FAILED: cannot read token_file %s: %s"
-                               % (label, check["token_file"], exc.strerror or exc), started)
+                               % (label, check["token_file"], exc.strerror or type(exc).__name__), started)
             except UnicodeError:
                 return _result(AUTH_FAILED, "%s FAILED: token_file %s is not text" % (label, check["token_file"]), started)
     source = None
@@ -492,6 +957,10 @@ def run_check(check, token=None, timeout=DEFAULT_TIMEOUT):
         source = "token"
     if source and not _is_set(token) and not _is_set(check.get("password")):
         return _result(AUTH_FAILED, "%s FAILED: %s is empty: there is no token to check" % (label, source), started)
+    if has_line_break(token):
+        return _result(AUTH_FAILED, "%s FAILED: the token%s contains a line break (CR/LF) or NUL character "
+                       "(not shown); a token is one line (only the final newline of a token file is ignored). "
+                       "Nothing was sent" % (label, (" (%s)" % source) if source else ""), started)
     if ctype == "http":
         return _check_http(check, token, timeout, started, label)
     if ctype == "jwt":

@@ -26,10 +26,16 @@ description:
     Fails when it expired or is not valid yet; C(AUTH_EXPIRING) when it expires within O(min_valid)."
   - "O(type=command): runs O(command) (no shell) with the token, if any, on its standard input. Succeeds on exit
     code 0 and, when O(expect_regex) is set, when the standard output matches it (the C(tool auth list | grep)
-    pattern). The command must only read state."
+    pattern). The command must only read state. It runs with a fixed minimal environment (C(PATH) of the system
+    directories, C(LANG=C.UTF-8), C(HOME), C(USER) and C(LOGNAME) of the user the module runs as), never the
+    caller's, in the directory C(/), in its own process group (killed at the timeout); more than 64 KiB on its
+    standard output is a failure."
   - "O(type=file): checks that the token file O(path) (or O(token_file)) exists, is not empty, is not readable by
     group or others and, when O(max_age) is set, was written within O(max_age)."
-  - The token is never returned, logged or shown in messages, at any verbosity.
+  - The token is never returned, logged or shown in messages, at any verbosity. A token, a header name or a
+    header value that holds a line break (CR, LF) or a NUL character is refused before anything is sent
+    (C(AUTH_FAILED)); only the final newline of a token file is ignored. Errors of the underlying libraries are
+    reported by their class and never quote what they were given.
   - The module never changes anything; it runs in check mode too.
 author:
   - agentops.fleet maintainers (@agentops)
@@ -77,6 +83,9 @@ options:
   headers:
     description:
       - Additional request headers.
+      - Header values are treated as secrets (an API key header, for instance) and never returned or logged.
+        A name or a value that holds a line break (CR, LF) or a NUL character fails the check before anything is
+        sent.
     type: dict
   body:
     description:
@@ -108,6 +117,9 @@ options:
   timeout:
     description:
       - Seconds to wait for the HTTP answer or the command before reporting C(AUTH_UNREACHABLE).
+      - One overall deadline (connecting, TLS, sending, reading the status line and headers), not a limit per
+        network read, so a server that trickles its answer cannot hold the check longer. The body of the
+        answer is never read.
     type: int
     default: 10
   min_valid:
@@ -280,7 +292,7 @@ def main():
             token_file=dict(type="path", no_log=False),
             url=dict(type="str"),
             method=dict(type="str", default="GET", choices=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]),
-            headers=dict(type="dict"),
+            headers=dict(type="dict", no_log=True),
             body=dict(type="raw"),
             expect_status=dict(type="list", elements="int", default=[200]),
             username=dict(type="str"),

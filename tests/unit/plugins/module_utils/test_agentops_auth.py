@@ -418,3 +418,314 @@ def test_tls_with_ca_path_or_validate_certs_false(tls_api):
     result = auth.run_check({"name": "tls", "type": "http", "url": tls_api.url("/unauthorized"),
                              "validate_certs": False}, token=CANARY)
     assert result["status"] == "AUTH_FAILED" and result["http_status"] == 401
+
+
+# ---------------------------------------------------------------- hostile endpoints (overall deadline, leaks)
+
+class RawServer:
+    """A TCP server on 127.0.0.1 that answers every connection with ``behaviour(conn, server)`` in a thread."""
+
+    def __init__(self, behaviour):
+        self.behaviour = behaviour
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.received = []
+        self.sent = 0
+        self.closed = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self):
+        return "http://127.0.0.1:%d/me" % self.sock.getsockname()[1]
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        conn.settimeout(30)
+        try:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            self.received.append(data)
+            self.behaviour(conn, self)
+        except OSError:
+            pass
+        finally:
+            self.closed.set()
+            conn.close()
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.fixture
+def raw_server():
+    servers = []
+
+    def make(behaviour):
+        server = RawServer(behaviour)
+        servers.append(server)
+        return server
+    yield make
+    for server in servers:
+        server.close()
+
+
+def _trickle(conn, server):
+    """Two bytes a second, for minutes: every recv() of the client gets data well within its socket timeout."""
+    for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Padding: " + b"a" * 600:
+        conn.sendall(bytes([byte]))
+        server.sent += 1
+        time.sleep(0.5)
+
+
+def test_http_trickle_server_is_cut_at_the_overall_deadline(raw_server):
+    server = raw_server(_trickle)
+    started = time.monotonic()
+    result = auth.run_check({"name": "trickle", "type": "http", "url": server.url}, token=CANARY, timeout=1)
+    took = time.monotonic() - started
+    assert result["status"] == "AUTH_UNREACHABLE", result
+    assert "did not answer within 1s" in result["message"]
+    assert took < 2.5, "a 1 s check took %.2f s against a trickling server" % took
+    assert server.closed.wait(5), "the connection was not shut down at the deadline"
+    no_secret(result, CANARY)
+
+
+def test_http_trickle_with_check_timeout_and_module_default(raw_server):
+    server = raw_server(_trickle)
+    started = time.monotonic()
+    result = auth.run_check({"name": "trickle", "type": "http", "url": server.url, "timeout": "2s"}, token=CANARY)
+    assert result["status"] == "AUTH_UNREACHABLE"
+    assert 1.9 <= time.monotonic() - started < 3.5
+
+
+def test_http_huge_body_is_never_read(raw_server):
+    import tracemalloc
+
+    def huge(conn, server):
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 4294967296\r\n\r\n")
+        block = b"[" * 65536
+        for _ in range(65536):  # 4 GiB if anybody read it
+            conn.sendall(block)
+            server.sent += len(block)
+
+    server = raw_server(huge)
+    tracemalloc.start()
+    try:
+        started = time.monotonic()
+        result = auth.run_check({"name": "big", "type": "http", "url": server.url}, token=CANARY, timeout=5)
+        took = time.monotonic() - started
+        _current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert result["status"] == "AUTH_OK", result
+    assert took < 2, took
+    assert peak < 2 * 1024 * 1024, "the check allocated %d bytes" % peak
+    assert server.closed.wait(5)
+    assert server.sent < 64 * 1024 * 1024  # the client hung up instead of draining 4 GiB
+
+
+@pytest.mark.parametrize("bad", ["\n", "\r\n", "\r", "\x00"])
+def test_http_token_with_line_break_is_refused_before_sending(raw_server, bad):
+    server = raw_server(lambda conn, srv: conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"))
+    token = CANARY + bad + "X-Injected: yes"
+    result = auth.run_check({"name": "nl", "type": "http", "url": server.url}, token=token)
+    assert result["status"] == "AUTH_FAILED"
+    assert "line break" in result["message"] and "not shown" in result["message"]
+    assert server.received == []  # nothing was sent
+    no_secret(result, CANARY, "X-Injected")
+
+
+def test_token_with_line_break_is_refused_for_command_and_jwt_too(tmp_path):
+    marker = tmp_path / "ran"
+    check = {"name": "cli", "type": "command", "command": ["/bin/sh", "-c", "touch %s" % marker]}
+    result = auth.run_check(check, token=CANARY + "\nmore")
+    assert result["status"] == "AUTH_FAILED" and "line break" in result["message"]
+    assert not marker.exists()
+    token_file = tmp_path / "token"
+    token_file.write_text(CANARY + "\nsecond-line\n")
+    result = auth.run_check({"name": "j", "type": "jwt", "token_file": str(token_file)})
+    assert result["status"] == "AUTH_FAILED" and "line break" in result["message"]
+    assert "token_file %s" % token_file in result["message"]
+    no_secret(result, CANARY, "second-line")
+
+
+def test_token_file_final_newlines_are_still_stripped(api, tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text(CANARY + "\r\n")
+    result = auth.run_check({"name": "h", "type": "http", "url": api.url("/ok"), "token_file": str(token_file)})
+    assert result["status"] == "AUTH_OK", result
+    assert api.requests[-1]["headers"]["Authorization"] == "Bearer " + CANARY
+
+
+@pytest.mark.parametrize("headers,words", [
+    ({"X-Api-Key": CANARY + "\r\nX-Evil: 1"}, "the value of header X-Api-Key contains a line break"),
+    ({"X-Api-Key": CANARY + "\n"}, "the value of header X-Api-Key contains a line break"),
+    ({"X-Api-Key": CANARY + "\x00"}, "the value of header X-Api-Key contains a line break"),
+    ({"X-Evil\r\nHost": CANARY}, "a header name contains a line break"),
+    ({"Bad Name": CANARY}, "is not a valid HTTP header name"),
+])
+def test_http_header_with_line_break_is_refused_never_shown(raw_server, headers, words):
+    server = raw_server(lambda conn, srv: conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"))
+    check = {"name": "hdr", "type": "http", "url": server.url, "headers": headers}
+    errors = auth.validate_check(check, token_given=True)
+    assert any(words in e for e in errors), errors
+    assert CANARY not in json.dumps(errors)
+    result = auth.run_check(check, token="plain-token")
+    assert result["status"] == "AUTH_FAILED" and words in result["message"]
+    assert server.received == []
+    no_secret(result, CANARY, "X-Evil: 1")
+
+
+def test_server_echoing_the_token_in_its_status_line_is_not_repeated(raw_server):
+    def echo_status(conn, server):
+        auth_line = [l for l in server.received[-1].split(b"\r\n") if l.lower().startswith(b"authorization:")][0]
+        conn.sendall(b"XYZZY " + auth_line + b"\r\n\r\n")
+
+    def echo_reason(conn, server):
+        auth_line = [l for l in server.received[-1].split(b"\r\n") if l.lower().startswith(b"authorization:")][0]
+        conn.sendall(b"HTTP/1.1 401 " + auth_line + b"\r\nContent-Length: 0\r\n\r\n")
+
+    result = auth.run_check({"name": "e", "type": "http", "url": raw_server(echo_status).url}, token=CANARY)
+    assert result["status"] == "AUTH_UNREACHABLE" and "BadStatusLine" in result["message"], result
+    no_secret(result, CANARY, CANARY[:12])
+    result = auth.run_check({"name": "e", "type": "http", "url": raw_server(echo_reason).url}, token=CANARY)
+    assert result["status"] == "AUTH_FAILED" and result["http_status"] == 401
+    no_secret(result, CANARY)
+
+
+def test_describe_error_names_the_class_and_never_library_text():
+    exc = ValueError("Invalid header value b'Bearer %s\\r\\nX: 1'" % CANARY)
+    assert auth.describe_error(exc, [CANARY]) == "ValueError"
+    assert auth.describe_error(ConnectionRefusedError(111, "Connection refused")) == \
+        "ConnectionRefusedError: Connection refused"
+    text = auth.describe_error(OSError(5, "noise " + CANARY + " " + "y" * 500), [CANARY])
+    assert CANARY not in text and len(text) < 260
+
+
+def test_mask_text_masks_before_cutting_and_at_the_edges():
+    secret = "tok-" + "Q" * 20 + "-end"
+    assert auth.mask_text("x" * 10 + secret, [secret]) == "x" * 10 + "********"
+    assert auth.mask_text(secret[9:] + " tail", [secret]) == "******** tail"  # a cut-off end of the secret
+    assert auth.mask_text("head " + secret[:9], [secret]) == "head ********"  # a cut-off start
+    line = auth.last_line(("n" * 190 + secret + "\n").encode(), [secret], limit=200)
+    assert "tok-" not in line and "QQQQ" not in line and line.startswith("n" * 100)
+
+
+# ---------------------------------------------------------------- commands: environment and bounds
+
+def test_command_check_runs_with_a_fixed_minimal_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", "/var/lib/agentops/evil-agent")
+    monkeypatch.setenv("PYTHONPATH", "/var/lib/agentops/evil-agent/.local")
+    monkeypatch.setenv("LD_PRELOAD", "/var/lib/agentops/evil-agent/evil.so")
+    monkeypatch.setenv("AGENTOPS_TOKEN", CANARY)
+    monkeypatch.chdir(str(tmp_path))
+    out = tmp_path / "env.txt"
+    script = "env > %s; echo \"cwd=$(pwd)\" >> %s; echo \"stdin=$(cat)\" >> %s; ls /proc/self/fd >> %s" % (
+        out, out, out, out)
+    result = auth.run_check({"name": "env", "type": "command", "command": ["/bin/sh", "-c", script]}, token=CANARY)
+    assert result["status"] == "AUTH_OK", result
+    lines = out.read_text().splitlines()
+    env = dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith(("cwd=", "stdin=")))
+    import pwd
+    me = pwd.getpwuid(os.geteuid())
+    assert env["HOME"] == me.pw_dir and not env["HOME"].startswith("/var/lib/agentops")
+    assert env["PATH"] == auth.SAFE_PATH and env["LANG"] == "C.UTF-8"
+    for name in ("PYTHONPATH", "LD_PRELOAD", "AGENTOPS_TOKEN"):
+        assert name not in env
+    assert set(env) <= {"HOME", "PATH", "LANG", "USER", "LOGNAME", "PWD", "SHLVL", "_"}, env
+    assert "cwd=/" in lines
+    assert "stdin=" + CANARY in lines  # the token on stdin, never in the environment
+    fds = sorted(int(l) for l in lines if l.isdigit())
+    assert fds[:3] == [0, 1, 2] and len(fds) <= 4  # the three pipes (and ls' own directory fd)
+
+
+def test_command_flooding_stdout_is_cut_and_fails():
+    started = time.monotonic()
+    result = auth.run_check({"name": "flood", "type": "command", "command": ["/usr/bin/yes"]}, timeout=10)
+    assert result["status"] == "AUTH_FAILED"
+    assert "printed more than 64 KiB" in result["message"]
+    assert time.monotonic() - started < 3
+
+
+def test_command_leaving_a_setsid_child_on_the_pipes_returns_at_the_deadline(tmp_path):
+    pidfile = tmp_path / "pid"
+    script = "setsid /bin/sh -c 'echo $$ > %s; exec sleep 30' & sleep 30" % pidfile
+    started = time.monotonic()
+    try:
+        result = auth.run_check({"name": "esc", "type": "command", "command": ["/bin/sh", "-c", script]}, timeout=1)
+        took = time.monotonic() - started
+    finally:
+        deadline = time.monotonic() + 5
+        while not pidfile.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if pidfile.exists():
+            try:
+                os.kill(int(pidfile.read_text()), 9)
+            except (ProcessLookupError, ValueError):
+                pass
+    assert result["status"] == "AUTH_UNREACHABLE" and "did not finish within 1s" in result["message"]
+    assert took < 2.5, took
+
+
+def test_command_failure_tail_masks_the_token_before_cutting():
+    script = "import sys; t = sys.stdin.read().strip(); sys.stderr.write('n' * 190 + t + ' rejected\\n'); sys.exit(2)"
+    result = auth.run_check({"name": "cli", "type": "command", "command": [sys.executable, "-c", script]},
+                            token=CANARY)
+    assert result["status"] == "AUTH_FAILED" and "exited with 2" in result["message"]
+    for size in range(4, len(CANARY) + 1):
+        assert CANARY[:size] not in result["message"], "a %d-character prefix of the token leaked" % size
+
+
+def test_run_bounded_writes_stdin_while_reading_no_deadlock():
+    data = os.urandom(1024 * 1024)
+    run = auth.run_bounded(["/bin/cat"], stdin_data=data, timeout=10, stdout_limit=2 * 1024 * 1024)
+    assert run["returncode"] == 0 and not run["timed_out"] and not run["stdout_overflow"]
+    assert run["stdout"] == data
+
+
+def test_run_bounded_keeps_only_the_end_of_stderr():
+    run = auth.run_bounded(["/bin/sh", "-c", "head -c 100000 /dev/zero | tr '\\0' e >&2; echo LAST >&2; exit 4"],
+                           timeout=10, stderr_limit=1000)
+    assert run["returncode"] == 4 and run["stderr_truncated"]
+    assert len(run["stderr"]) == 1000 and run["stderr"].endswith(b"LAST\n")
+
+
+def test_run_bounded_command_that_exits_leaving_a_child_on_the_pipes(tmp_path):
+    pidfile = tmp_path / "pid"
+    script = "setsid /bin/sh -c 'echo $$ > %s; exec sleep 30' & echo done" % pidfile
+    started = time.monotonic()
+    try:
+        run = auth.run_bounded(["/bin/sh", "-c", script], timeout=10)
+    finally:
+        deadline = time.monotonic() + 5
+        while not pidfile.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if pidfile.exists():
+            os.kill(int(pidfile.read_text()), 9)
+    assert run["returncode"] == 0 and run["stdout"] == b"done\n" and not run["timed_out"]
+    assert time.monotonic() - started < 2
+
+
+def test_read_token_file_is_bounded_and_refuses_fifos(tmp_path):
+    big = tmp_path / "big"
+    with open(str(big), "wb") as handle:
+        handle.truncate(auth.MAX_TOKEN_FILE + 1)
+    result = auth.run_check({"name": "b", "type": "jwt", "token_file": str(big)})
+    assert result["status"] == "AUTH_FAILED" and "larger than 1024 KiB" in result["message"]
+    fifo = tmp_path / "fifo"
+    os.mkfifo(str(fifo))
+    started = time.monotonic()
+    result = auth.run_check({"name": "f", "type": "jwt", "token_file": str(fifo)})
+    assert result["status"] == "AUTH_FAILED" and "not a regular file" in result["message"]
+    assert time.monotonic() - started < 2

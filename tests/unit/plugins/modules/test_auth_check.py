@@ -100,6 +100,27 @@ def test_token_file_value_is_masked(api, capsys, tmp_path):
     assert CANARY not in out
 
 
+def test_token_file_with_a_line_break_fails_before_sending(api, capsys, tmp_path):
+    token_file = tmp_path / "graph_token"
+    token_file.write_text(CANARY + "\r\nX-Injected: yes\n")
+    before = len(api.seen)
+    code, result, out = run_module(capsys, name="graph", type="http", url=api.url("/ok"),
+                                   token_file=str(token_file))
+    assert code == 1 and result["status"] == "AUTH_FAILED"
+    assert "contains a line break" in result["msg"]
+    assert len(api.seen) == before  # nothing was sent
+    assert CANARY not in out and "X-Injected" not in out
+
+
+def test_header_value_with_a_line_break_is_refused_without_showing_it(api, capsys):
+    before = len(api.seen)
+    code, result, out = run_module(capsys, name="graph", type="http", url=api.url("/ok"), token="plain-token",
+                                   headers={"X-Api-Key": PASSWORD_CANARY + "\nX-Evil: 1"})
+    assert code == 1 and "the value of header X-Api-Key contains a line break" in result["msg"]
+    assert len(api.seen) == before
+    assert PASSWORD_CANARY not in out and "X-Evil" not in out
+
+
 def test_no_log_leaves_nothing_in_result(api, capsys):
     code, result, out = run_module(capsys, name="basic", type="http", url=api.url("/unauthorized"),
                                    username="bot", password=PASSWORD_CANARY, fail_on_error=False)
