@@ -381,15 +381,24 @@ def test_current_token_reaches_the_command_on_stdin_only(env):
     assert env.cred.read_text() == "got-" + env.old
 
 
-def test_second_run_while_locked_exits_with_a_clear_message(env, capsys):
-    env.age(46)
-    lock_dir = env.state / "rotation"
-    lock_dir.mkdir(mode=0o700, exist_ok=True)
+def _hold_lock(env, name):
+    """Hold agent ``name``'s rotation lock as another `agentops rotate` would; returns the fd."""
+    lock_dir = env.state / "rotation" / name
+    lock_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(str(lock_dir / ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
     fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def test_second_run_while_locked_exits_with_a_clear_message(env, capsys):
+    env.age(46)
+    fd = _hold_lock(env, "a1")
     try:
         assert env.run("rotate") == rotate.EXIT_LOCKED
-        assert "another rotation is running" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert "another rotation is running for agent a1" in err and "skipped" in err
+        assert env.cred.read_text() == env.old and env.endpoint.token_requests == 0
+        assert env.run("rotate", "--force", "a1/api_token") == rotate.EXIT_LOCKED
         assert env.cred.read_text() == env.old and env.endpoint.token_requests == 0
     finally:
         os.close(fd)

@@ -14,6 +14,11 @@ passes again resolves it. The last result per agent is kept in
 
 ``--credential CRED --token-stdin`` validates a NEW token for one credential before it
 is swapped in: only the checks of that credential run, nothing is recorded or alerted.
+
+A credential whose value holds a line break (CR/LF) or NUL inside it is refused (AUTH_FAILED,
+never sent, never shown); the final newline of a credential file is not part of the value.
+A malformed agent file fails only that agent (exit 1, the message names the file and the
+reason); one check that cannot run fails only that check.
 """
 import datetime
 import json
@@ -21,6 +26,7 @@ import os
 import sys
 
 from agentops_host import config
+from agentops_host import state
 from agentops_lib import agentops_auth
 
 AUTH_OK = agentops_auth.AUTH_OK
@@ -67,8 +73,10 @@ def _resolve(agent, check, overrides):
     except FileNotFoundError:
         return check, None, ("credential %r is missing: %s does not exist"
                              % (credential, os.path.join(agent["credentials_dir"], credential)))
+    except config.ConfigError as exc:
+        return check, None, "credential %r cannot be used: %s" % (credential, exc)
     except (OSError, UnicodeError) as exc:
-        return check, None, "credential %r cannot be read: %s" % (credential, getattr(exc, "strerror", None) or exc)
+        return check, None, "credential %r cannot be read: %s" % (credential, agentops_auth.describe_error(exc))
 
 
 def check_agent(args, agent, overrides=None, only_credential=None):
@@ -91,22 +99,33 @@ def check_agent(args, agent, overrides=None, only_credential=None):
             continue
         if credential in overrides and raw.get("type") == "file":
             continue
-        check, token, error = _resolve(agent, raw, overrides)
-        if error:
-            result = {"status": AUTH_FAILED, "message": "%s FAILED: %s" % (agentops_auth.check_label(raw), error),
-                      "http_status": None, "expires_at": None, "expires_in_seconds": None, "elapsed": 0.0}
-        else:
-            result = agentops_auth.run_check(check, token=token, timeout=timeout)
-            secrets = [token] + list(overrides.values())
-            for secret in secrets:  # belt and braces: run_check never echoes it
-                if secret and len(secret) >= 3:
-                    result["message"] = result["message"].replace(secret, "********")
+        secrets = list(overrides.values())
+        try:
+            check, token, error = _resolve(agent, raw, overrides)
+            secrets.append(token)
+            if error:
+                result = _failed(raw, error)
+            elif token is not None and agentops_auth.has_line_break(token):
+                result = _failed(raw, "credential %r contains a line break (CR/LF) or NUL character inside its value "
+                                      "(not shown); a credential is one line (a final newline in the file is fine). "
+                                      "Nothing was sent" % credential)
+            else:
+                result = agentops_auth.run_check(check, token=token, timeout=timeout)
+        except Exception as exc:  # pylint: disable=broad-except  # one broken check never stops the others
+            result = _failed(raw, "the check could not run: %s" % agentops_auth.describe_error(exc, secrets))
+        # belt and braces: run_check never echoes a secret
+        result["message"] = agentops_auth.mask_text(str(result.get("message") or ""), secrets)
         result["name"] = name
         result["type"] = raw.get("type")
         result["credential"] = credential
         result["passed"] = agentops_auth.passed(raw, result)
         results.append(result)
     return results
+
+
+def _failed(raw, error):
+    return {"status": AUTH_FAILED, "message": "%s FAILED: %s" % (agentops_auth.check_label(raw), error),
+            "http_status": None, "expires_at": None, "expires_in_seconds": None, "elapsed": 0.0}
 
 
 def state_path(args, agent_name):
@@ -138,12 +157,22 @@ def record(args, agent, results):
 
 
 def last_result(args, agent_name):
-    """The last recorded results of an agent (for `agentops status`), or None."""
+    """The last recorded results of an agent (for `agentops status`), or None (also for a malformed file)."""
     try:
-        with open(state_path(args, agent_name), "r", encoding="utf-8") as handle:
-            return json.load(handle)
-    except (FileNotFoundError, ValueError):
+        return load_result(args, agent_name)
+    except state.StateError:
         return None
+
+
+def load_result(args, agent_name):
+    """Like ``last_result`` but a malformed file raises ``state.StateError`` naming the file and the reason."""
+    path = state_path(args, agent_name)
+    data = state.load_object(path)
+    if not data:
+        return None
+    if not isinstance(data.get("results", []), list):
+        raise state.StateError("%s: 'results' must be a list" % path)
+    return data
 
 
 def _alert_module():
@@ -216,7 +245,12 @@ def run(args):
         return 2
     overrides = None
     if args.token_stdin:
-        token = sys.stdin.read().strip()
+        token = sys.stdin.read(config.MAX_CREDENTIAL_BYTES + 1)
+        if len(token) > config.MAX_CREDENTIAL_BYTES:
+            sys.stderr.write("agentops check-auth: the token on standard input is larger than %d KiB\n"
+                             % (config.MAX_CREDENTIAL_BYTES // 1024))
+            return 2
+        token = token.strip()
         if not token:
             sys.stderr.write("agentops check-auth: no token on standard input\n")
             return 2
@@ -224,7 +258,11 @@ def run(args):
     results = check_agent(args, agent, overrides=overrides, only_credential=args.credential)
     validating = overrides is not None
     if not validating and args.credential is None:
-        record(args, agent, results)
+        try:
+            record(args, agent, results)
+        except OSError as exc:  # the checks' verdict stands; the record is only for `agentops status`
+            sys.stderr.write("agentops check-auth: could not record the results in %s: %s\n"
+                             % (state_path(args, agent["name"]), exc.strerror or type(exc).__name__))
         if not args.no_alert:
             for problem in raise_alerts(args, agent, results):
                 sys.stderr.write("agentops check-auth: %s\n" % problem)

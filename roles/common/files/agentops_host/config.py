@@ -4,9 +4,18 @@ Layout (all written by Ansible, root-owned):
   <config_dir>/agentops.json           host settings and alert channels (0600, holds secrets)
   <config_dir>/agents.d/<name>.json    one file per agent (0600)
   <config_dir>/credentials/<name>/<c>  credential files (0600), directory 0700
+
+Every file is read with a bound (``MAX_JSON_BYTES``, ``MAX_CREDENTIAL_BYTES``), only when it is a
+regular file, and a malformed one raises ``ConfigError`` naming the file and what is wrong with
+it. An agent file that is not a JSON object, or whose fields have the wrong type, makes only that
+agent broken: callers catch ``ConfigError`` per agent (``iter_agents``) and carry on with the others.
 """
 import json
 import os
+import stat
+
+MAX_JSON_BYTES = 1024 * 1024
+MAX_CREDENTIAL_BYTES = 1024 * 1024
 
 DEFAULT_HOST_CONFIG = {
     "host": None,
@@ -17,24 +26,102 @@ DEFAULT_HOST_CONFIG = {
     "rotation": {"grace_days": 7, "timeout_seconds": 120},
 }
 
+# Fields of an agent file the on-host command relies on, and the JSON types each may have.
+_AGENT_FIELDS = (
+    ("name", (str,), False),
+    ("unit", (str,), False),
+    ("user", (str,), True),
+    ("state", (str,), False),
+    ("state_dir", (str,), True),
+    ("credentials_dir", (str,), False),
+    ("credentials", (list,), True),
+    ("auth_checks", (list,), True),
+    ("token_rotation", (list,), True),
+    ("heartbeat", (dict,), True),
+)
+_TYPE_NAMES = {str: "a string", list: "a list", dict: "a mapping (JSON object)"}
+
 
 class ConfigError(Exception):
     """The configuration on the host is missing or malformed."""
 
 
-def _read_json(path):
+def _json_type(value):
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def read_bounded(path, limit):
+    """The bytes of the regular file ``path`` (at most ``limit``); FileNotFoundError when absent.
+
+    Opened non-blocking (a FIFO cannot hang the caller), checked with fstat, read with a bound.
+    Raises ConfigError for anything that is not a regular file of at most ``limit`` bytes.
+    """
     try:
-        with open(path, "r", encoding="utf-8") as handle:
-            return json.load(handle)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
-        return None
+        raise
+    except OSError as exc:
+        raise ConfigError("%s cannot be read: %s" % (path, exc.strerror or exc))
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError("%s is not a regular file" % path)
+        if info.st_size > limit:
+            raise ConfigError("%s is larger than %d KiB" % (path, limit // 1024))
+        chunks, size = [], 0
+        while size <= limit:
+            chunk = os.read(fd, min(65536, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > limit:
+            raise ConfigError("%s is larger than %d KiB" % (path, limit // 1024))
+        return b"".join(chunks)
+    except OSError as exc:
+        raise ConfigError("%s cannot be read: %s" % (path, exc.strerror or exc))
+    finally:
+        os.close(fd)
+
+
+def parse_json(data, path):
+    """JSON from bytes; ConfigError naming ``path`` when it is not UTF-8 JSON (deep nesting included)."""
+    try:
+        return json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError("%s is not UTF-8 text" % path)
+    except RecursionError:
+        raise ConfigError("%s is not valid JSON: nested too deeply" % path)
     except ValueError as exc:
         raise ConfigError("%s is not valid JSON: %s" % (path, exc))
 
 
+def _read_json(path):
+    try:
+        data = read_bounded(path, MAX_JSON_BYTES)
+    except FileNotFoundError:
+        return None
+    return parse_json(data, path)
+
+
 def load_host_config(config_dir):
     data = dict(DEFAULT_HOST_CONFIG)
-    found = _read_json(os.path.join(config_dir, "agentops.json"))
+    path = os.path.join(config_dir, "agentops.json")
+    found = _read_json(path)
+    if found is not None and not isinstance(found, dict):
+        raise ConfigError("%s must hold a JSON object, not %s" % (path, _json_type(found)))
     if found:
         data.update(found)
     if not data.get("host"):
@@ -51,25 +138,74 @@ def agent_names(config_dir):
     return [e[: -len(".json")] for e in entries if e.endswith(".json") and not e.startswith(".")]
 
 
+def agent_path(config_dir, name):
+    return os.path.join(config_dir, "agents.d", name + ".json")
+
+
+def check_agent(data, path, name):
+    """Raise ConfigError when an agent's data is not an object or a field has the wrong type."""
+    if not isinstance(data, dict):
+        raise ConfigError("%s must hold a JSON object (the agent's settings), not %s" % (path, _json_type(data)))
+    for field, types, nullable in _AGENT_FIELDS:
+        if field not in data or (nullable and data[field] is None):
+            continue
+        value = data[field]
+        if not isinstance(value, types) or isinstance(value, bool):
+            raise ConfigError("%s: %r must be %s, not %s" % (path, field, _TYPE_NAMES[types[0]], _json_type(value)))
+    if "name" in data and data["name"] != name:
+        raise ConfigError("%s: 'name' is %r but the file is named for agent %r" % (path, data["name"], name))
+    for field in ("state_dir", "credentials_dir"):
+        if data.get(field) is not None and not os.path.isabs(data[field]):
+            raise ConfigError("%s: %r must be an absolute path, got %r" % (path, field, data[field]))
+
+
 def load_agent(config_dir, name):
-    data = _read_json(os.path.join(config_dir, "agents.d", name + ".json"))
+    """The settings of one agent with defaults. ConfigError when missing or malformed (the message names the file)."""
+    if not name or "/" in name or name.startswith(".") or "\x00" in name:
+        raise ConfigError("unknown agent %r (not a valid agent name)" % (name,))
+    path = agent_path(config_dir, name)
+    data = _read_json(path)
     if data is None:
         raise ConfigError("unknown agent %r (no %s/agents.d/%s.json)" % (name, config_dir, name))
+    check_agent(data, path, name)
     data.setdefault("name", name)
     data.setdefault("unit", "agentops-%s.service" % name)
     data.setdefault("credentials_dir", os.path.join(config_dir, "credentials", name))
-    data.setdefault("auth_checks", [])
-    data.setdefault("token_rotation", [])
+    for field in ("auth_checks", "token_rotation"):
+        if data.get(field) is None:
+            data[field] = []
     data.setdefault("heartbeat", None)
     return data
+
+
+def iter_agents(config_dir):
+    """(name, agent, None) for every readable agent file, (name, None, error text) for a broken one."""
+    for name in agent_names(config_dir):
+        try:
+            yield name, load_agent(config_dir, name), None
+        except ConfigError as exc:
+            yield name, None, str(exc)
 
 
 def load_agents(config_dir):
     return [load_agent(config_dir, n) for n in agent_names(config_dir)]
 
 
+def credential_path(agent, credential):
+    return os.path.join(agent["credentials_dir"], credential)
+
+
 def read_credential(agent, credential):
-    """Return the value of one credential of an agent (stripped of the final newline)."""
-    path = os.path.join(agent["credentials_dir"], credential)
-    with open(path, "r", encoding="utf-8") as handle:
-        return handle.read().rstrip("\r\n")
+    """Return the value of one credential of an agent (stripped of the final newline).
+
+    FileNotFoundError when the file is absent; ConfigError when it is not a regular file, is
+    larger than ``MAX_CREDENTIAL_BYTES`` or is not UTF-8 text (the value is never shown).
+    """
+    path = credential_path(agent, credential)
+    data = read_bounded(path, MAX_CREDENTIAL_BYTES)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError("%s is not UTF-8 text" % path)
+    return text.rstrip("\r\n")
+

@@ -9,9 +9,16 @@ rotation counts from that newer time). A day the host was down is caught up by t
 next daily run.
 
 Rotating one credential:
-  1. run ``command`` as the agent's user (HOME = the agent's state directory, the
-     current credential on stdin, a timeout); stdout is the new token: stripped,
-     non-empty, a single line, different from the current one;
+  1. run ``command`` as the agent's user with a fixed minimal environment (PATH, LANG,
+     HOME = the agent's state directory, USER/LOGNAME, AGENTOPS_AGENT, AGENTOPS_CREDENTIAL;
+     never root's), in the agent's state directory, the current credential on stdin, no
+     other inherited file descriptor, in its own process group. One deadline (``timeout``)
+     covers the run AND the reading of its output: at the deadline the group is killed and
+     the pipes are no longer read, so a child that escaped with ``setsid`` and holds them
+     cannot keep the run (or any other agent's rotation) waiting. stdout beyond 64 KiB is a
+     failure; of stderr only the end is kept, and the last line shown in a failure has every
+     token (current and new) masked BEFORE it is cut to length. stdout is the new token:
+     stripped, non-empty, a single line, different from the current one;
   2. validate it with the agent's auth checks for that credential
      (``check_auth.check_agent(..., overrides=..., only_credential=...)``): every
      check must say AUTH_OK. A credential without a check is accepted, and the
@@ -25,12 +32,17 @@ Rotating one credential:
   5. an ``info`` alert confirms it and resolves an earlier rotation failure.
 
 On any failure before the swap the credential file stays byte-for-byte as it was,
-the agent is not restarted and a ``critical`` alert goes out. The token is never
-printed, logged, stored in the state or put into an alert.
+the agent is not restarted and a ``critical`` alert goes out. Any error while rotating
+one credential (not only the expected ones) is recorded as a failure of that credential
+and alerted; the other credentials and agents still rotate. The token is never printed,
+logged, stored in the state or put into an alert.
 
 State: <state_dir>/rotation/<agent>/<credential>.json (0600, root) with the last
-success, the last attempt, its result and message. A lock (flock on
-<state_dir>/rotation/.lock) keeps two rotations from running at once.
+success, the last attempt, its result and message. A lock per agent (flock on
+<state_dir>/rotation/<agent>/.lock) keeps two rotations of the same agent from running
+at once; an agent whose lock is held is skipped (exit 75 when nothing else failed) and
+the other agents rotate. A malformed agent file or state file is reported for its agent
+(``--list`` shows it as broken) and never stops the others.
 """
 import datetime
 import errno
@@ -38,24 +50,34 @@ import fcntl
 import json
 import os
 import pwd
+import re
 import shlex
-import signal
 import subprocess
 import sys
 import time
 
 from agentops_host import config
+from agentops_host import state as statefiles
+from agentops_lib import agentops_auth
 
 DAY = 86400
 # Command used to restart agents; the unit tests point it at a recording stand-in.
 SYSTEMCTL = "systemctl"
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 MAX_OUTPUT = 64 * 1024
+STDERR_TAIL = 8 * 1024
 EXIT_LOCKED = 75  # EX_TEMPFAIL: another rotation holds the lock
+
+
+_CREDENTIAL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}\Z")  # as the agents role validates it
 
 
 class RotationError(Exception):
     """One credential could not be rotated; the message never contains a token."""
+
+
+class AgentLocked(Exception):
+    """Another rotation of the same agent holds its lock."""
 
 
 # ---------------------------------------------------------------------------
@@ -69,21 +91,40 @@ def rotation_dir(args):
 def _settings(args):
     host = config.load_host_config(args.config_dir)
     rotation = dict(config.DEFAULT_HOST_CONFIG["rotation"])
-    rotation.update(host.get("rotation") or {})
+    if isinstance(host.get("rotation"), dict):
+        rotation.update(host["rotation"])
     return rotation
 
 
 def _entries(agent):
-    """The agent's token_rotation entries with defaults; invalid entries raise ConfigError."""
+    """The agent's token_rotation entries with defaults; invalid entries raise ConfigError naming the agent."""
+    raw_entries = agent.get("token_rotation") or []
+    if not isinstance(raw_entries, list):
+        raise config.ConfigError("agent %s: token_rotation must be a list" % agent["name"])
     entries = []
-    for index, raw in enumerate(agent.get("token_rotation") or []):
+    for index, raw in enumerate(raw_entries):
+        where = "agent %s: token_rotation[%d]" % (agent["name"], index)
         if not isinstance(raw, dict) or not raw.get("credential") or not raw.get("command"):
-            raise config.ConfigError("agent %s: token_rotation[%d] needs 'credential' and 'command'"
-                                     % (agent["name"], index))
+            raise config.ConfigError("%s needs 'credential' and 'command'" % where)
+        credential = raw["credential"]
+        if not isinstance(credential, str) or not _CREDENTIAL_NAME.match(credential):
+            raise config.ConfigError("%s.credential must be a credential name (letters, digits, '_', '.', '-'), "
+                                     "got %r" % (where, credential))
+        command = raw["command"]
+        if isinstance(command, list):
+            if not all(isinstance(part, str) for part in command):
+                raise config.ConfigError("%s.command as a list must hold strings only" % where)
+        elif not isinstance(command, str):
+            raise config.ConfigError("%s.command must be a string or a list of strings, got %s"
+                                     % (where, type(command).__name__))
         every = raw.get("every_days", 45)
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise config.ConfigError("agent %s: token_rotation[%d].every_days must be a whole number of days >= 1, "
-                                     "got %r" % (agent["name"], index, every))
+            raise config.ConfigError("%s.every_days must be a whole number of days >= 1, got %r" % (where, every))
+        timeout = raw.get("timeout")
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                    or not 0 < timeout <= 86400):
+            raise config.ConfigError("%s.timeout must be a number of seconds (0 < timeout <= 86400), got %r"
+                                     % (where, timeout))
         entry = dict(raw)
         entry["every_days"] = every
         entries.append(entry)
@@ -94,12 +135,13 @@ def _state_path(args, agent_name, credential):
     return os.path.join(rotation_dir(args), agent_name, credential + ".json")
 
 
-def load_state(args, agent_name, credential):
+def load_state(args, agent_name, credential, strict=False):
+    """The state of one credential ({} when none). A malformed file gives {}, or StateError with ``strict``."""
     try:
-        with open(_state_path(args, agent_name, credential), "r", encoding="utf-8") as handle:
-            data = json.load(handle)
-        return data if isinstance(data, dict) else {}
-    except (FileNotFoundError, ValueError):
+        return statefiles.load_object(_state_path(args, agent_name, credential))
+    except statefiles.StateError:
+        if strict:
+            raise
         return {}
 
 
@@ -146,11 +188,23 @@ def _date(timestamp):
     return datetime.datetime.fromtimestamp(timestamp).date().isoformat()
 
 
+def _number(value):
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _text(value):
+    return value if isinstance(value, str) else ""
+
+
 def schedule_entry(args, agent, entry, now=None):
     """Where one credential stands: basis of its age, next due time, whether it is due."""
     now = time.time() if now is None else now
     credential = entry["credential"]
-    state = load_state(args, agent["name"], credential)
+    broken = None
+    try:
+        state = load_state(args, agent["name"], credential, strict=True)
+    except statefiles.StateError as exc:
+        state, broken = {}, str(exc)
     try:
         mtime = os.stat(_cred_path(agent, credential)).st_mtime
     except FileNotFoundError:
@@ -166,9 +220,10 @@ def schedule_entry(args, agent, entry, now=None):
         "credential": credential,
         "every_days": entry["every_days"],
         "last_success": last_success,
-        "last_attempt": state.get("last_attempt"),
-        "result": state.get("result") or "never",
-        "message": state.get("message") or "",
+        "last_attempt": _number(state.get("last_attempt")),
+        "result": "broken" if broken else _text(state.get("result")) or "never",
+        "message": broken or _text(state.get("message")),
+        "state_error": broken,
         "file_present": mtime is not None,
         "basis": basis,
         "next_due": next_due,
@@ -218,6 +273,7 @@ def next_due(args, agent):
 
 
 def _user_env(agent, credential, user_record):
+    """The whole environment of the rotation command: fixed, never inherited from root or cron."""
     home = agent.get("state_dir") or (user_record.pw_dir if user_record else "/")
     env = {
         "PATH": SAFE_PATH,
@@ -233,7 +289,10 @@ def _user_env(agent, credential, user_record):
 
 def _command_argv(entry):
     command = entry["command"]
-    argv = list(command) if isinstance(command, list) else shlex.split(command)
+    try:
+        argv = list(command) if isinstance(command, list) else shlex.split(command)
+    except ValueError as exc:
+        raise RotationError("command cannot be parsed: %s" % exc)
     if not argv or not os.path.isabs(argv[0]):
         raise RotationError("command %r is not an absolute path" % (argv[0] if argv else command))
     return argv
@@ -258,25 +317,24 @@ def run_command(agent, entry, current, timeout):
     env = _user_env(agent, entry["credential"], record)
     cwd = env["HOME"] if os.path.isdir(env["HOME"]) else "/"
     try:
-        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                env=env, cwd=cwd, start_new_session=True, close_fds=True, **kwargs)
-    except OSError as exc:
-        raise RotationError("cannot run %s: %s" % (argv[0], exc.strerror or exc))
-    try:
-        out, err = proc.communicate(input=(current or "").encode("utf-8"), timeout=timeout)
-    except subprocess.TimeoutExpired:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.communicate()
-        raise RotationError("command %s timed out after %ss" % (argv[0], timeout))
-    text = out[:MAX_OUTPUT].decode("utf-8", "replace").strip()
-    if proc.returncode != 0:
-        raise RotationError("command %s exited with status %s%s"
-                            % (argv[0], proc.returncode, _stderr_tail(err, (text, current))))
+        run = agentops_auth.run_bounded(argv, stdin_data=(current or "").encode("utf-8"), timeout=timeout, env=env,
+                                        cwd=cwd, stdout_limit=MAX_OUTPUT, stderr_limit=STDERR_TAIL, **kwargs)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise RotationError("cannot run %s: %s" % (argv[0], agentops_auth.describe_error(exc, (current,))))
+    if run["stdout_overflow"]:
+        raise RotationError("command %s printed more than %d KiB on stdout; expected only the new token"
+                            % (argv[0], MAX_OUTPUT // 1024))
+    text = run["stdout"].decode("utf-8", "replace").strip()
+    if run["timed_out"]:
+        raise RotationError("command %s timed out after %ss%s"
+                            % (argv[0], _seconds(timeout), _stderr_tail(run, (text, current))))
+    code = run["returncode"]
+    if code != 0:
+        how = "exited with status %s" % code if code is not None and code >= 0 else "was killed by signal %s" % (
+            -code if code is not None else "?")
+        raise RotationError("command %s %s%s" % (argv[0], how, _stderr_tail(run, (text, current))))
     if not text:
-        raise RotationError("command %s printed no token%s" % (argv[0], _stderr_tail(err, (current,))))
+        raise RotationError("command %s printed no token%s" % (argv[0], _stderr_tail(run, (current,))))
     if "\n" in text or "\r" in text or "\x00" in text:
         raise RotationError("command %s printed more than one line; expected only the new token" % argv[0])
     if text == current:
@@ -284,19 +342,15 @@ def run_command(agent, entry, current, timeout):
     return text
 
 
-def _stderr_tail(err, secrets):
-    """Last line of the command's stderr, for the alert, with any token value masked."""
-    lines = [line for line in err.decode("utf-8", "replace").splitlines() if line.strip()]
-    if not lines:
-        return ""
-    tail = lines[-1].strip()[:300]
-    for secret in secrets:
-        if secret:
-            tail = tail.replace(secret, "***")
-            for line in secret.splitlines():
-                if len(line) >= 4:
-                    tail = tail.replace(line, "***")
-    return ": " + tail
+def _seconds(value):
+    return ("%g" % value) if isinstance(value, float) else str(value)
+
+
+def _stderr_tail(run, secrets):
+    """Last line of the command's stderr, for the alert: every token masked first, then cut to 300 characters."""
+    tail = agentops_auth.last_line(run["stderr"], [s for s in secrets if s], truncated=run["stderr_truncated"],
+                                   limit=300)
+    return (": " + tail) if tail else ""
 
 
 def _status_of(result):
@@ -414,46 +468,70 @@ def _resolve(args, agent, key, title, body):
         sys.stderr.write("agentops rotate: could not resolve alert %s: %s\n" % (key, exc))
 
 
+def _record_failure(args, agent, entry, state, message, swapped):
+    name, credential = agent["name"], entry["credential"]
+    label = "%s/%s" % (name, credential)
+    state.update({"result": "failed", "message": message})
+    try:
+        save_state(args, name, credential, state)
+    except Exception as exc:  # pylint: disable=broad-except  # the alert below still goes out
+        message += " (the state could not be saved: %s)" % agentops_auth.describe_error(exc)
+    if swapped:
+        body = "%s: %s. The new token is in place (previous one in %s.prev)." % (label, message, credential)
+    else:
+        body = ("%s: %s. The previous token is untouched and the agent was not restarted; "
+                "the next daily run retries (or run `agentops rotate --force %s`)." % (label, message, label))
+    _alert(args, agent, "critical", "rotate-failed:%s:%s" % (name, credential), "Token rotation failed: %s" % label,
+           body)
+    sys.stderr.write("agentops rotate: %s: FAILED: %s\n" % (label, message))
+
+
 def rotate_one(args, agent, entry, settings, forced=False):
-    """Rotate one credential. Returns True on success; alerts either way."""
+    """Rotate one credential. Returns True on success; alerts either way; never raises for one credential."""
     name, credential = agent["name"], entry["credential"]
     label = "%s/%s" % (name, credential)
     state = load_state(args, name, credential)
     state.update({"agent": name, "credential": credential, "last_attempt": time.time()})
     timeout = entry.get("timeout") or settings.get("timeout_seconds") or 120
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+        timeout = 120
     fail_key = "rotate-failed:%s:%s" % (name, credential)
     swapped = False
+    secrets = []
     try:
         try:
             current = config.read_credential(agent, credential)
         except FileNotFoundError:
             current = ""
+        except config.ConfigError as exc:
+            raise RotationError("the current credential cannot be read: %s" % exc)
+        secrets.append(current)
         token = run_command(agent, entry, current, timeout)
+        secrets.append(token)
         try:
             note = validate_token(args, agent, credential, token)
         except RotationError:
             raise
         except Exception as exc:  # an unexpected error of the checks: never let the token into the message
-            raise RotationError("the auth check could not run: %s" % str(exc).replace(token, "***"))
+            raise RotationError("the auth check could not run: %s" % agentops_auth.describe_error(exc, secrets))
         swap_credential(agent, credential, token)
         swapped = True
         state["last_success"] = time.time()
         restarted = restart_agent(agent)
     except RotationError as exc:
-        message = str(exc)
-        state.update({"result": "failed", "message": message})
-        save_state(args, name, credential, state)
-        if swapped:
-            body = "%s: %s. The new token is in place (previous one in %s.prev)." % (label, message, credential)
-        else:
-            body = ("%s: %s. The previous token is untouched and the agent was not restarted; "
-                    "the next daily run retries (or run `agentops rotate --force %s`)." % (label, message, label))
-        _alert(args, agent, "critical", fail_key, "Token rotation failed: %s" % label, body)
-        sys.stderr.write("agentops rotate: %s: FAILED: %s\n" % (label, message))
+        _record_failure(args, agent, entry, state, agentops_auth.mask_text(str(exc), secrets), swapped)
+        return False
+    except Exception as exc:  # pylint: disable=broad-except  # any error is this credential's failure only
+        message = "unexpected error: %s" % agentops_auth.describe_error(exc, secrets)
+        _record_failure(args, agent, entry, state, message, swapped)
         return False
     message = "rotated%s; %s; %s" % (" (forced)" if forced else "", note, restarted)
     state.update({"result": "ok", "message": message})
-    save_state(args, name, credential, state)
+    try:
+        save_state(args, name, credential, state)
+    except Exception as exc:  # pylint: disable=broad-except
+        sys.stderr.write("agentops rotate: %s: rotated, but the state could not be saved: %s\n"
+                         % (label, agentops_auth.describe_error(exc)))
     next_date = _date(state["last_success"] + entry["every_days"] * DAY)
     body = "%s: %s. Previous token kept as %s.prev. Next rotation due %s." % (label, message, credential, next_date)
     _alert(args, agent, "info", "rotate:%s:%s" % (name, credential), "Token rotated: %s" % label, body)
@@ -462,33 +540,52 @@ def rotate_one(args, agent, entry, settings, forced=False):
     return True
 
 
-def _lock(args):
+def config_key(agent_name):
+    """Alert key of an agent whose settings the daily run cannot use."""
+    return "rotate-config:%s" % agent_name
+
+
+def _stub(name):
+    return {"name": name, "unit": "agentops-%s.service" % name}
+
+
+def lock_path(args, agent_name):
+    return os.path.join(rotation_dir(args), agent_name, ".lock")
+
+
+def _lock(args, agent_name):
+    """Take the agent's rotation lock without waiting: its fd, or raise AgentLocked."""
+    path = lock_path(args, agent_name)
     _makedirs(rotation_dir(args))
-    path = os.path.join(rotation_dir(args), ".lock")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    _makedirs(os.path.dirname(path))
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
         os.close(fd)
         if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            return None, path
+            raise AgentLocked("another rotation is running for agent %s (lock %s is held)" % (agent_name, path))
         raise
-    return fd, path
+    return fd
 
 
 def _agents_with_rotation(args, errors=None):
-    """[(agent, entries)] of present agents with token_rotation; a broken agent file is reported, not fatal."""
+    """[(agent, entries)] of present agents with token_rotation; a broken agent file is reported, not fatal.
+
+    ``errors`` collects (agent name, message) of broken agents; without it the first one raises.
+    """
     agents = []
-    for name in config.agent_names(args.config_dir):
+    for name, agent, error in config.iter_agents(args.config_dir):
         try:
-            agent = config.load_agent(args.config_dir, name)
+            if error:
+                raise config.ConfigError(error)
             if agent.get("state", "present") == "absent":
                 continue
             entries = _entries(agent)
         except config.ConfigError as exc:
             if errors is None:
                 raise
-            errors.append(str(exc))
+            errors.append((name, str(exc)))
             continue
         if entries:
             agents.append((agent, entries))
@@ -497,9 +594,19 @@ def _agents_with_rotation(args, errors=None):
 
 def cmd_list(args):
     rows = []
-    for agent, entries in _agents_with_rotation(args):
+    errors = []
+    for agent, entries in _agents_with_rotation(args, errors):
         for entry in entries:
-            rows.append(schedule_entry(args, agent, entry))
+            try:
+                rows.append(schedule_entry(args, agent, entry))
+            except Exception as exc:  # pylint: disable=broad-except
+                errors.append((agent["name"], "%s/%s: %s" % (agent["name"], entry["credential"],
+                                                             agentops_auth.describe_error(exc))))
+    for name, error in errors:
+        sys.stderr.write("agentops rotate: agent %s is broken: %s\n" % (name, error))
+    for row in rows:
+        if row.get("state_error"):
+            sys.stderr.write("agentops rotate: %s/%s: %s\n" % (row["agent"], row["credential"], row["state_error"]))
     if args.json:
         out = []
         for row in rows:
@@ -510,9 +617,13 @@ def cmd_list(args):
                 "next_due": _date(row["next_due"]) if row["next_due"] is not None else _date(time.time()),
                 "due": row["due"],
             })
+        for name, error in errors:
+            out.append({"agent": name, "credential": None, "every_days": None, "last_rotation": None,
+                        "last_attempt": None, "result": "broken", "message": error, "age_basis": None,
+                        "next_due": None, "due": None})
         print(json.dumps(out, indent=2))
         return 0
-    if not rows:
+    if not rows and not errors:
         print("no agent has token_rotation entries")
         return 0
     header = ("AGENT", "CREDENTIAL", "EVERY", "LAST ROTATION", "RESULT", "NEXT DUE")
@@ -521,10 +632,49 @@ def cmd_list(args):
         nxt = _date(row["next_due"]) if row["next_due"] is not None else _date(time.time())
         table.append((row["agent"], row["credential"], "%dd" % row["every_days"],
                       _iso(row["last_success"]) or "never", row["result"], nxt + (" (due)" if row["due"] else "")))
+    for name, _error in errors:
+        table.append((name, "-", "-", "-", "broken", "-"))
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
     for row in table:
         print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+    for name, error in errors:
+        print("broken: %s: %s" % (name, error))
+    for row in rows:
+        if row.get("state_error"):
+            print("broken: %s/%s: %s" % (row["agent"], row["credential"], row["state_error"]))
     return 0
+
+
+def _rotate_agent(args, agent, entries, settings, forced=False):
+    """Rotate the due (or all given, with ``forced``) entries of one agent under its lock.
+
+    Returns (ok, locked). Raises nothing for one credential's failure.
+    """
+    try:
+        fd = _lock(args, agent["name"])
+    except AgentLocked as exc:
+        sys.stderr.write("agentops rotate: %s; agent %s skipped\n" % (exc, agent["name"]))
+        return True, True, 0
+    ok, due = True, 0
+    try:
+        for entry in entries:
+            try:
+                item = schedule_entry(args, agent, entry)
+                if item.get("state_error"):
+                    sys.stderr.write("agentops rotate: %s/%s: %s (it is replaced by this run's state)\n"
+                                     % (agent["name"], entry["credential"], item["state_error"]))
+                if not (forced or item["due"]):
+                    continue
+            except Exception as exc:  # pylint: disable=broad-except
+                sys.stderr.write("agentops rotate: %s/%s: cannot tell whether it is due: %s\n"
+                                 % (agent["name"], entry["credential"], agentops_auth.describe_error(exc)))
+                ok = False
+                continue
+            due += 1
+            ok = rotate_one(args, agent, entry, settings, forced=forced) and ok
+    finally:
+        os.close(fd)
+    return ok, False, due
 
 
 def cmd_rotate(args):
@@ -533,40 +683,54 @@ def cmd_rotate(args):
     if args.json:
         sys.stderr.write("agentops rotate: --json only applies to --list\n")
         return 2
-    settings = _settings(args)
-    fd, lock_path = _lock(args)
-    if fd is None:
-        sys.stderr.write("agentops rotate: another rotation is running (lock %s is held); nothing done\n" % lock_path)
-        return EXIT_LOCKED
     try:
-        if args.force:
-            agent_name, _, credential = args.force.partition("/")
-            if not agent_name or not credential:
-                sys.stderr.write("agentops rotate: --force expects AGENT/CREDENTIAL, got %r\n" % args.force)
-                return 2
+        settings = _settings(args)
+    except config.ConfigError as exc:  # agentops.json: the alert path is broken too; say so and go on
+        sys.stderr.write("agentops rotate: %s; using the default rotation settings\n" % exc)
+        settings = dict(config.DEFAULT_HOST_CONFIG["rotation"])
+    if args.force:
+        agent_name, _, credential = args.force.partition("/")
+        if not agent_name or not credential:
+            sys.stderr.write("agentops rotate: --force expects AGENT/CREDENTIAL, got %r\n" % args.force)
+            return 2
+        try:
             agent = config.load_agent(args.config_dir, agent_name)
             entries = [e for e in _entries(agent) if e["credential"] == credential]
-            if not entries:
-                sys.stderr.write("agentops rotate: agent %s has no token_rotation entry for %s\n"
-                                 % (agent_name, credential))
-                return 2
-            return 0 if rotate_one(args, agent, entries[0], settings, forced=True) else 1
-        errors = []
-        agents = _agents_with_rotation(args, errors)
-        for error in errors:
-            sys.stderr.write("agentops rotate: %s\n" % error)
-        ok = not errors
-        due = 0
-        for agent, entries in agents:
-            for entry in entries:
-                if schedule_entry(args, agent, entry)["due"]:
-                    due += 1
-                    ok = rotate_one(args, agent, entry, settings) and ok
-        if not due:
-            print("nothing due")
-        return 0 if ok else 1
-    finally:
-        os.close(fd)
+        except config.ConfigError as exc:
+            sys.stderr.write("agentops rotate: %s\n" % exc)
+            return 1
+        if not entries:
+            sys.stderr.write("agentops rotate: agent %s has no token_rotation entry for %s\n"
+                             % (agent_name, credential))
+            return 2
+        result = _rotate_agent(args, agent, entries[:1], settings, forced=True)
+        if result[1]:
+            return EXIT_LOCKED
+        return 0 if result[0] else 1
+    errors = []
+    agents = _agents_with_rotation(args, errors)
+    for name, error in errors:
+        sys.stderr.write("agentops rotate: agent %s is broken, not rotated: %s\n" % (name, error))
+        _alert(args, _stub(name), "critical", config_key(name), "Token rotation impossible: %s" % name,
+               "The settings of agent %s cannot be used, so none of its credentials is rotated: %s. "
+               "Converge the host again (ansible-playbook ... site.yml) to rewrite the file." % (name, error))
+    broken = set(name for name, _error in errors)
+    for name in config.agent_names(args.config_dir):
+        if name not in broken:
+            _resolve(args, _stub(name), config_key(name), "Token rotation settings readable again: %s" % name, "")
+    ok, locked, due = not errors, False, 0
+    for agent, entries in agents:
+        result = _rotate_agent(args, agent, entries, settings)
+        if result[1]:
+            locked = True
+            continue
+        ok = result[0] and ok
+        due += result[2]
+    if not due and not locked:
+        print("nothing due")
+    if not ok:
+        return 1
+    return EXIT_LOCKED if locked else 0
 
 
 def add_parser(subparsers):

@@ -3,11 +3,17 @@
 Every state file is written to a temporary file in the same directory, flushed,
 fsync'ed and renamed over the target, so a crash or a reboot leaves either the
 old or the new content, never a torn file.
+
+State files are read with a bound (``MAX_JSON_BYTES``), only when they are regular files, and
+deep nesting (RecursionError) counts as malformed like any invalid JSON. ``read_json`` turns a
+malformed file into its default; ``load_object`` raises ``StateError`` naming the file and the
+reason, for callers that report a broken file (``agentops status``, ``agentops rotate --list``).
 """
 import contextlib
 import fcntl
 import json
 import os
+import stat
 import tempfile
 
 
@@ -17,13 +23,77 @@ def ensure_dir(path, mode=0o700):
     return path
 
 
-def read_json(path, default=None):
-    """Return the JSON content of ``path`` or ``default`` when missing or unreadable."""
+MAX_JSON_BYTES = 1024 * 1024
+
+
+class StateError(Exception):
+    """A state file exists but cannot be used; the message names the file and why."""
+
+
+def _describe_type(value):
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return {type(None): "null", str: "a string", list: "a list", dict: "an object"}.get(type(value), type(value).__name__)
+
+
+def _load(path):
+    """The JSON content of ``path``; FileNotFoundError when absent, StateError when unusable."""
     try:
-        with open(path, "r", encoding="utf-8") as handle:
-            return json.load(handle)
-    except (FileNotFoundError, ValueError):
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise StateError("%s cannot be read: %s" % (path, exc.strerror or exc))
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise StateError("%s is not a regular file" % path)
+        chunks, size = [], 0
+        while size <= MAX_JSON_BYTES:
+            chunk = os.read(fd, min(65536, MAX_JSON_BYTES + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as exc:
+        raise StateError("%s cannot be read: %s" % (path, exc.strerror or exc))
+    finally:
+        os.close(fd)
+    if size > MAX_JSON_BYTES:
+        raise StateError("%s is larger than %d KiB" % (path, MAX_JSON_BYTES // 1024))
+    try:
+        return json.loads(b"".join(chunks).decode("utf-8"))
+    except RecursionError:
+        raise StateError("%s is not valid JSON: nested too deeply" % path)
+    except ValueError as exc:  # UnicodeDecodeError included
+        raise StateError("%s is not valid JSON: %s" % (path, exc))
+
+
+def read_json(path, default=None, expect=None):
+    """Return the JSON content of ``path`` or ``default`` when missing or unreadable.
+
+    With ``expect`` (a type such as ``dict``), content of another type also gives ``default``.
+    """
+    try:
+        data = _load(path)
+    except (FileNotFoundError, StateError):
         return default
+    if expect is not None and not isinstance(data, expect):
+        return default
+    return data
+
+
+def load_object(path):
+    """The JSON object in ``path``: {} when the file is absent, StateError when it is not a usable object."""
+    try:
+        data = _load(path)
+    except FileNotFoundError:
+        return {}
+    if not isinstance(data, dict):
+        raise StateError("%s must hold a JSON object, not %s" % (path, _describe_type(data)))
+    return data
 
 
 def write_json(path, data, mode=0o600):

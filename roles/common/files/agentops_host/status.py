@@ -2,8 +2,15 @@
 
 JSON: a list with one object per agent: agent, unit, active_state, sub_state, uptime_seconds,
 restarts, last_progress_age_seconds, last_check (epoch of the last heartbeat run), auth (the last
-auth check results or null), next_rotation (from ``agentops_host.rotate.next_due`` when
-installed, else null) and open_alerts (key, severity, title, since).
+auth check results or null: the heartbeat's, else those `agentops check-auth` recorded at the
+last start), next_rotation (from ``agentops_host.rotate.next_due`` when installed, else null),
+open_alerts (key, severity, title, since), error (null, or why the agent is broken) and
+dead_letter (the host's number of alert messages given up on, from ``alert.dead_letter_count``
+when the alert module provides it, else null; the same in every row).
+
+An agent whose settings file (agents.d) or state file (.heartbeat, .auth, rotation) cannot be
+used is shown as broken (active_state ``broken``, sub_state ``config`` or ``state``, ``error``
+naming the file and the reason); the other agents are shown as usual.
 """
 import json
 import sys
@@ -12,6 +19,7 @@ import time
 from agentops_host import alert
 from agentops_host import config as hostconfig
 from agentops_host import heartbeat
+from agentops_host import state as statefiles
 from agentops_host import systemd
 
 
@@ -20,11 +28,28 @@ def _open_alert_view(item):
             "since": alert._iso(item.get("first_seen"))}
 
 
+def _auth_results(args, name, hbstate):
+    """The last auth results: the heartbeat's, else what `agentops check-auth` recorded (StateError if malformed)."""
+    if hbstate.get("auth") is not None:
+        if not isinstance(hbstate["auth"], list):
+            raise statefiles.StateError("%s: 'auth' must be a list" % heartbeat.state_path(args, name))
+        return hbstate["auth"]
+    try:
+        from agentops_host import check_auth  # pylint: disable=import-outside-toplevel
+    except ImportError:
+        return None
+    recorded = check_auth.load_result(args, name)
+    if not recorded:
+        return None
+    return [{"name": r.get("name"), "status": str(r.get("status")), "message": alert.scrub(r.get("message") or ""),
+             "time": recorded.get("time")} for r in recorded.get("results") or [] if isinstance(r, dict)]
+
+
 def agent_status(args, agent, now=None):
     now = now if now is not None else time.time()
     name = agent["name"]
     props = systemd.show(agent["unit"])
-    hbstate = heartbeat.load_state(args, name)
+    hbstate = statefiles.load_object(heartbeat.state_path(args, name))
     seen = heartbeat.last_progress(agent, props, hbstate, now=now) if props.get("ActiveState") == "active" else None
     next_due = heartbeat._optional("rotate", "next_due")
     next_rotation = None
@@ -43,20 +68,61 @@ def agent_status(args, agent, now=None):
         "restarts": systemd.as_int(props.get("NRestarts"), 0),
         "last_progress_age_seconds": int(now - seen) if seen else None,
         "last_check": hbstate.get("last_check"),
-        "auth": hbstate.get("auth"),
+        "auth": _auth_results(args, name, hbstate),
         "next_rotation": next_rotation,
         "open_alerts": [_open_alert_view(a) for a in alert.open_alerts(args, agent=name)],
+        "error": None,
+    }
+
+
+def broken_row(args, name, kind, error):
+    """The row of an agent whose settings or state cannot be used: what is wrong, and its open alerts."""
+    try:
+        alerts = [_open_alert_view(a) for a in alert.open_alerts(args, agent=name)]
+    except Exception:  # pylint: disable=broad-except
+        alerts = []
+    return {
+        "agent": name,
+        "unit": "agentops-%s.service" % name,
+        "active_state": "broken",
+        "sub_state": kind,
+        "uptime_seconds": None,
+        "restarts": None,
+        "last_progress_age_seconds": None,
+        "last_check": None,
+        "auth": None,
+        "next_rotation": None,
+        "open_alerts": alerts,
+        "error": alert.scrub(error),
     }
 
 
 def collect(args):
     rows = []
-    for name in hostconfig.agent_names(args.config_dir):
-        agent = hostconfig.load_agent(args.config_dir, name)
+    for name, agent, error in hostconfig.iter_agents(args.config_dir):
+        if error:
+            rows.append(broken_row(args, name, "config", error))
+            continue
         if agent.get("state", "present") != "present":
             continue
-        rows.append(agent_status(args, agent))
+        try:
+            rows.append(agent_status(args, agent))
+        except statefiles.StateError as exc:
+            rows.append(broken_row(args, name, "state", str(exc)))
+        except Exception as exc:  # pylint: disable=broad-except  # one agent never hides the others
+            rows.append(broken_row(args, name, "error", "%s: %s" % (type(exc).__name__, exc)))
     return rows
+
+
+def dead_letter(args):
+    """The host's dead-letter count when the alert module provides it, else None."""
+    count = getattr(alert, "dead_letter_count", None)
+    if count is None:
+        return None
+    try:
+        return int(count(args))
+    except Exception:  # pylint: disable=broad-except  # status shows what it can
+        return None
 
 
 def _age(value):
@@ -75,34 +141,46 @@ def _age(value):
 def _auth_text(auth):
     if not auth:
         return "-"
-    worst = [a["status"] for a in auth if a.get("status") != "AUTH_OK"]
+    worst = [str(a.get("status")) if isinstance(a, dict) else "?" for a in auth
+             if not isinstance(a, dict) or a.get("status") != "AUTH_OK"]
     return worst[0] if worst else "AUTH_OK"
 
 
-def render_table(rows, host_alerts):
+def render_table(rows, host_alerts, dead=None):
     header = ("AGENT", "ACTIVE", "UPTIME", "RESTARTS", "PROGRESS", "AUTH", "NEXT ROTATION", "ALERTS")
     lines = [header]
     for row in rows:
-        alerts = ",".join("%s:%s" % (a["severity"], a["key"].split("/", 1)[-1]) for a in row["open_alerts"]) or "-"
+        alerts = ",".join("%s:%s" % (a["severity"], str(a["key"]).split("/", 1)[-1])
+                          for a in row["open_alerts"]) or "-"
+        restarts = "-" if row["restarts"] is None else str(row["restarts"])
         lines.append((row["agent"], "%s/%s" % (row["active_state"], row["sub_state"]), _age(row["uptime_seconds"]),
-                      str(row["restarts"]), _age(row["last_progress_age_seconds"]), _auth_text(row["auth"]),
+                      restarts, _age(row["last_progress_age_seconds"]), _auth_text(row["auth"]),
                       str(row["next_rotation"] or "-"), alerts))
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     out = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(line)).rstrip() for line in lines]
     if not rows:
         out.append("(no agents configured)")
+    for row in rows:
+        if row.get("error"):
+            out.append("broken agent %s: %s" % (row["agent"], row["error"]))
     for item in host_alerts:
         out.append("host alert: %s %s: %s" % (item.get("severity"), item.get("key"), item.get("title")))
+    if dead is not None:
+        out.append("dead-letter alerts: %d%s" % (dead, " (given up on; see the alert spool's dead-letter folder)"
+                                                  if dead else ""))
     return "\n".join(out) + "\n"
 
 
 def _cmd_status(args):
     rows = collect(args)
+    dead = dead_letter(args)
     if args.json:
+        for row in rows:
+            row["dead_letter"] = dead
         sys.stdout.write(json.dumps(rows, indent=2, sort_keys=True) + "\n")
         return 0
     host_alerts = [a for a in alert.open_alerts(args) if not a.get("agent")]
-    sys.stdout.write(render_table(rows, host_alerts))
+    sys.stdout.write(render_table(rows, host_alerts, dead))
     return 0
 
 
