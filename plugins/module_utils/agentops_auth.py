@@ -867,20 +867,21 @@ def _check_command(check, token, timeout, started, label):
     except OSError as exc:
         return _result(AUTH_FAILED, "%s FAILED: cannot run %s (%s)" % (label, argv[0], describe_error(exc, secrets)),
                        started)
-    if run["timed_out"]:
+    code = run["returncode"]
+    if run["timed_out"] or (code is None and not run["stdout_overflow"]):
         return _result(AUTH_UNREACHABLE, "%s UNREACHABLE: `%s` did not finish within %ss; the credential was not checked"
                        % (label, shown, _fmt_seconds(timeout)), started)
     if run["stdout_overflow"]:
         return _result(AUTH_FAILED, "%s FAILED: `%s` printed more than %d KiB; a check command prints a short status"
                        % (label, shown, MAX_COMMAND_OUTPUT // 1024), started)
     stdout = run["stdout"].decode("utf-8", "replace")
-    if run["returncode"] != 0:
+    code = code or 0
+    if code != 0:
         if run["stderr"].strip():
             tail = last_line(run["stderr"], secrets, truncated=run["stderr_truncated"])
         else:
             tail = last_line(stdout, secrets)
-        how = ("exited with %d" % run["returncode"]) if run["returncode"] >= 0 else (
-            "was killed by signal %d" % -run["returncode"])
+        how = ("exited with %d" % code) if code > 0 else ("was killed by signal %d" % -code)
         return _result(AUTH_FAILED, _scrub("%s FAILED: `%s` %s%s" % (label, shown, how, (": " + tail) if tail else ""),
                                            secrets), started)
     regex = check.get("expect_regex")

@@ -512,3 +512,205 @@ def test_sigkill_during_swap_leaves_old_or_new_never_partial(env):
     assert env.run("rotate", "--force", "a1/api_token") == 0
     assert env.cred.read_text() == new
     assert sorted(os.listdir(str(env.cred.parent))) == ["api_token", "api_token.prev"]
+
+
+# ---------------------------------------------------------------------------
+# hostile rotation commands: bounded output, one deadline, per-agent locks, any error alerted
+
+
+def _runner(env, *argv):
+    """`agentops ...` in a child process (rotate.SYSTEMCTL kept), for figures the test process cannot give."""
+    return [sys.executable, "-c",
+            "import sys; sys.path[:0] = [%r, %r]; from agentops_host import cli, rotate; "
+            "rotate.SYSTEMCTL = %r; sys.exit(cli.main(sys.argv[1:]))"
+            % (HOSTLIB, MODULE_UTILS_PARENT, rotate.SYSTEMCTL)] + env.base + list(argv)
+
+
+def _add_second_agent(env, name="a2", rotation=None):
+    cred_dir = env.cfg / "credentials" / name
+    cred_dir.mkdir(parents=True, exist_ok=True)
+    (env.state / name).mkdir(parents=True, exist_ok=True)
+    cred = cred_dir / "api_token"
+    cred.write_text(env.old)
+    cred.chmod(0o600)
+    env.write_agent(name=name, rotation=rotation)
+    env.age(46, cred)
+    return cred
+
+
+def _prefixes_absent(secret, *texts, shortest=4):
+    for text in texts:
+        for size in range(shortest, len(secret) + 1):
+            assert secret[:size] not in text, "a %d-character prefix of a token leaked" % size
+
+
+def test_flooding_rotation_command_is_cut_bounded_in_memory_and_alerted(env, capsys):
+    env.write_agent(rotation=[{"credential": "api_token", "every_days": 45, "command": "/usr/bin/yes"}])
+    env.age(46)
+    before = env.cred.read_bytes()
+    started = time.monotonic()
+    proc = subprocess.Popen(_runner(env, "rotate"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    err = proc.stderr.read()  # a few lines: the failure and the alert log
+    # wait4: the peak RSS of this child alone (KiB on Linux), the `yes` it ran included.
+    _pid, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    took = time.monotonic() - started
+    print("flood run: peak RSS %d KiB, %.2f s" % (usage.ru_maxrss, took))
+    assert proc.returncode == 1, err
+    assert b"printed more than 64 KiB" in err
+    assert took < 15
+    assert usage.ru_maxrss < 100 * 1024  # an interpreter plus at most 64 KiB of output (1.9 GiB before the bound)
+    assert env.cred.read_bytes() == before
+    assert sorted(os.listdir(str(env.cred.parent))) == ["api_token"]
+    state = env.state_of()
+    assert state["result"] == "failed" and "printed more than 64 KiB" in state["message"]
+    wait_for(lambda: env.hooks_with("Token rotation failed: a1/api_token"), message="critical alert")
+    assert env.restarts() == []
+
+
+def test_setsid_child_holding_the_pipes_cannot_hold_the_run_and_the_next_agent_rotates(env, capsys, tmp_path):
+    pidfile = tmp_path / "escaped.pid"
+    env.write_agent(rotation=[{"credential": "api_token", "every_days": 45, "timeout": 2,
+                               "command": ["/bin/sh", "-c", "setsid /bin/sh -c 'echo $$ > %s; exec sleep 60' & "
+                                           "sleep 60" % pidfile]}])
+    env.age(46)
+    a2 = _add_second_agent(env)
+    started = time.monotonic()
+    try:
+        rc = env.run("rotate")
+        took = time.monotonic() - started
+    finally:
+        if pidfile.exists():
+            try:
+                os.kill(int(pidfile.read_text()), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+    out, err = capsys.readouterr()
+    assert pidfile.exists(), "the escaping child never started"
+    assert rc == 1
+    assert "a1/api_token: FAILED: command /bin/sh timed out after 2s" in err
+    assert took < 2 + 2 + 5, "the run took %.1f s" % took  # a1's timeout + slack + a2's real rotation
+    assert env.cred.read_text() == env.old
+    assert a2.read_text() == env.endpoint.next_token  # the other agent still rotated
+    assert env.state_of("a2")["result"] == "ok" and env.state_of("a1")["result"] == "failed"
+    print("setsid case: whole run %.2f s with a 2 s timeout" % took)
+
+
+def test_command_that_exits_leaving_a_child_on_the_pipes_still_rotates_promptly(env, capsys, tmp_path):
+    pidfile = tmp_path / "bg.pid"
+    new = "BGTOKEN-%08x" % random.getrandbits(32)
+    env.write_agent(checks=[], rotation=[{"credential": "api_token", "every_days": 45, "timeout": 20,
+                                          "command": ["/bin/sh", "-c", "setsid /bin/sh -c 'echo $$ > %s; exec sleep 60' "
+                                                      "& echo %s" % (pidfile, new)]}])
+    env.age(46)
+    started = time.monotonic()
+    try:
+        assert env.run("rotate") == 0
+        took = time.monotonic() - started
+    finally:
+        if pidfile.exists():
+            os.kill(int(pidfile.read_text()), signal.SIGKILL)
+    assert env.cred.read_text() == new
+    assert took < 5
+
+
+def test_per_agent_lock_held_for_a_does_not_block_b(env, capsys):
+    env.age(46)
+    a2 = _add_second_agent(env)
+    fd = _hold_lock(env, "a1")
+    try:
+        assert env.run("rotate") == rotate.EXIT_LOCKED
+    finally:
+        os.close(fd)
+    err = capsys.readouterr().err
+    assert "another rotation is running for agent a1" in err
+    assert env.cred.read_text() == env.old  # a1 skipped
+    assert a2.read_text() == env.endpoint.next_token  # b rotated meanwhile
+
+
+def test_two_runs_for_the_same_agent_exclude_each_other_other_agents_do_not(env, tmp_path):
+    started_flag = tmp_path / "started"
+    slow = ["/bin/sh", "-c", "touch %s; sleep 3; echo SLOWTOKEN-%08x" % (started_flag, random.getrandbits(32))]
+    env.write_agent(checks=[], rotation=[{"credential": "api_token", "every_days": 45, "command": slow}])
+    a2 = _add_second_agent(env)
+    first = subprocess.Popen(_runner(env, "rotate", "--force", "a1/api_token"),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_for(started_flag.exists, message="the first rotation of a1 to start")
+        second = subprocess.run(_runner(env, "rotate", "--force", "a1/api_token"), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, timeout=30, check=False)
+        assert second.returncode == rotate.EXIT_LOCKED, second.stderr
+        assert b"another rotation is running for agent a1" in second.stderr
+        other = subprocess.run(_runner(env, "rotate", "--force", "a2/api_token"), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, timeout=30, check=False)
+        assert other.returncode == 0, other.stderr
+        assert first.poll() is None  # a2 rotated while a1's rotation was still running
+    finally:
+        out, err = first.communicate(timeout=30)
+    assert first.returncode == 0, err
+    assert env.cred.read_text().startswith("SLOWTOKEN-")
+    assert a2.read_text() == env.endpoint.next_token
+
+
+@pytest.mark.parametrize("which", ["current", "new"])
+def test_stderr_tail_is_masked_before_it_is_cut(env, capsys, which):
+    new = "NEWSECRET-%016x" % random.getrandbits(64)
+    if which == "current":
+        script = "printf '%0290d' 0 >&2; cat >&2; echo >&2; exit 1"
+        secret = env.old
+    else:
+        script = "echo %s; printf '%%0290d' 0 >&2; echo %s >&2; exit 1" % (new, new)
+        secret = new
+    env.write_agent(checks=[], rotation=[{"credential": "api_token", "every_days": 45,
+                                          "command": ["/bin/sh", "-c", script]}])
+    env.age(46)
+    assert env.run("rotate") == 1
+    out, err = capsys.readouterr()
+    message = env.state_of()["message"]
+    assert "exited with status 1: " + "0" * 200 in message  # the tail is there ...
+    hook = wait_for(lambda: env.hooks_with("Token rotation failed"), message="critical alert")
+    _prefixes_absent(secret, message, out, err, _everything_written(env), *hook)  # ... without any piece of the token
+
+
+def test_unexpected_error_of_one_agent_is_recorded_alerted_and_others_rotate(env, capsys):
+    # A user name with a NUL makes the password database lookup raise ValueError: not a RotationError.
+    env.write_agent(user="agent\u0000one")
+    env.age(46)
+    a2 = _add_second_agent(env)
+    assert env.run("rotate") == 1
+    err = capsys.readouterr().err
+    state = env.state_of("a1")
+    assert state["result"] == "failed" and "unexpected error: ValueError" in state["message"]
+    assert "a1/api_token: FAILED: unexpected error" in err
+    wait_for(lambda: env.hooks_with("Token rotation failed: a1/api_token"), message="critical alert for a1")
+    assert env.cred.read_text() == env.old
+    assert a2.read_text() == env.endpoint.next_token
+    assert env.state_of("a2")["result"] == "ok"
+
+
+def test_rotation_command_environment_cwd_and_fds_are_fixed(env, monkeypatch, tmp_path):
+    monkeypatch.setenv("PYTHONPATH", "/var/lib/agentops/evil/.local")
+    monkeypatch.setenv("LD_PRELOAD", "/var/lib/agentops/evil/evil.so")
+    monkeypatch.setenv("HOME", "/root/elsewhere")
+    monkeypatch.setenv("AGENTOPS_SECRET", "leak")
+    report = tmp_path / "report"
+    new = "ENVTOKEN-%08x" % random.getrandbits(32)
+    script = ("env > %s; echo \"cwd=$(pwd)\" >> %s; ls /proc/self/fd >> %s; echo %s"
+              % (report, report, report, new))
+    env.write_agent(checks=[], rotation=[{"credential": "api_token", "every_days": 45,
+                                          "command": ["/bin/sh", "-c", script]}])
+    env.age(46)
+    assert env.run("rotate") == 0
+    assert env.cred.read_text() == new
+    lines = report.read_text().splitlines()
+    got = dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("cwd="))
+    me = pwd.getpwuid(os.geteuid()).pw_name
+    assert got["HOME"] == str(env.state / "a1")
+    assert got["PATH"] == rotate.SAFE_PATH and got["LANG"] == "C.UTF-8"
+    assert got["USER"] == got["LOGNAME"] == me
+    assert got["AGENTOPS_AGENT"] == "a1" and got["AGENTOPS_CREDENTIAL"] == "api_token"
+    assert set(got) - {"PWD", "SHLVL", "_", "OLDPWD"} == {"PATH", "LANG", "HOME", "USER", "LOGNAME",
+                                                            "AGENTOPS_AGENT", "AGENTOPS_CREDENTIAL"}
+    assert "cwd=%s" % (env.state / "a1") in lines
+    fds = sorted(int(l) for l in lines if l.isdigit())
+    assert fds[:3] == [0, 1, 2] and len(fds) <= 4  # stdin/stdout/stderr (and ls' own directory fd)

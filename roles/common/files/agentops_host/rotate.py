@@ -585,7 +585,9 @@ def _agents_with_rotation(args, errors=None):
         except config.ConfigError as exc:
             if errors is None:
                 raise
-            errors.append((name, str(exc)))
+            text = str(exc)
+            path = config.agent_path(args.config_dir, name)
+            errors.append((name, text if path in text else "%s: %s" % (path, text)))
             continue
         if entries:
             agents.append((agent, entries))

@@ -52,10 +52,13 @@ def agent_status(args, agent, now=None):
     hbstate = statefiles.load_object(heartbeat.state_path(args, name))
     seen = heartbeat.last_progress(agent, props, hbstate, now=now) if props.get("ActiveState") == "active" else None
     next_due = heartbeat._optional("rotate", "next_due")
-    next_rotation = None
+    next_rotation, error = None, None
     if next_due is not None:
         try:
             next_rotation = next_due(args, agent)
+        except hostconfig.ConfigError as exc:  # token_rotation entries of the wrong type: this agent's file
+            next_rotation = "error"
+            error = "%s: %s" % (hostconfig.agent_path(args.config_dir, name), alert.scrub(exc))
         except Exception as exc:  # pylint: disable=broad-except
             next_rotation = "error: %s" % alert.scrub(exc)
     uptime = systemd.uptime_seconds(props)
@@ -71,7 +74,7 @@ def agent_status(args, agent, now=None):
         "auth": _auth_results(args, name, hbstate),
         "next_rotation": next_rotation,
         "open_alerts": [_open_alert_view(a) for a in alert.open_alerts(args, agent=name)],
-        "error": None,
+        "error": error,
     }
 
 
