@@ -1,0 +1,133 @@
+# -*- coding: utf-8 -*-
+# Copyright: agentops.fleet maintainers
+# MIT License (see LICENSE)
+"""Action plugin of agentops.fleet.inventory_contract: validate a host's inventory once, before any change."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import hashlib
+import json
+import os
+
+from ansible.errors import AnsibleError
+from ansible.plugins.action import ActionBase
+
+try:  # ansible-core >= 2.19 templates only strings marked as trusted templates
+    from ansible.template import trust_as_template
+except ImportError:  # pragma: no cover - older ansible-core templates every string
+    def trust_as_template(value):
+        return value
+
+from ansible_collections.agentops.fleet.plugins.module_utils import agentops_contract as contract
+
+ROLES = ("common", "journald", "alerts", "agents", "heartbeat", "token_rotation", "auth")
+ROLES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "roles")
+FACT = "agentops_contract_checked"
+
+
+def _redacted(value):
+    """The inventory with every credential value replaced: the digest never depends on a secret."""
+    if isinstance(value, list):
+        return [_redacted(item) for item in value]
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            if key in ("credentials", "bot_token", "url", "headers", "password", "token", "routing_key"):
+                out[key] = "<%s>" % type(item).__name__
+            else:
+                out[key] = _redacted(item)
+        return out
+    return value
+
+
+def _trusted(value):
+    """Role defaults are the collection's own templates: mark them as such (ansible-core >= 2.19)."""
+    if isinstance(value, dict):
+        return dict((key, _trusted(item)) for key, item in value.items())
+    if isinstance(value, list):
+        return [_trusted(item) for item in value]
+    if isinstance(value, str):
+        return trust_as_template(value)
+    return value
+
+
+def _digest(role, values):
+    text = json.dumps([role, _redacted(values)], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:24]
+
+
+class ActionModule(ActionBase):
+    """Validate the inventory contract of the named roles; fail before anything on the host changes."""
+
+    TRANSFERS_FILES = False
+    _requires_connection = False
+
+    def _role_defaults(self, role):
+        path = os.path.join(ROLES_DIR, role, "defaults", "main.yml")
+        if not os.path.isfile(path):
+            raise AnsibleError("agentops.fleet.inventory_contract: unknown role %r" % role)
+        return _trusted(self._loader.load_from_file(path) or {})
+
+    def _value(self, name, task_vars, defaults):
+        raw = task_vars[name] if name in task_vars else defaults[name]
+        return self._templar.template(raw)
+
+    def _users(self, task_vars):
+        """The host's passwd database (read-only getent; cached in the facts of this run)."""
+        facts = task_vars.get("ansible_facts") or {}
+        if "getent_passwd" in facts:
+            return facts["getent_passwd"], {}
+        result = self._execute_module(module_name="ansible.builtin.getent",
+                                      module_args={"database": "passwd"}, task_vars=task_vars)
+        if result.get("failed"):
+            raise AnsibleError("agentops.fleet.inventory_contract: reading the users of the host failed: %s"
+                               % result.get("msg"))
+        passwd = (result.get("ansible_facts") or {}).get("getent_passwd") or {}
+        return passwd, {"getent_passwd": passwd}
+
+    def run(self, tmp=None, task_vars=None):
+        result = super(ActionModule, self).run(tmp, task_vars)
+        del tmp
+        task_vars = task_vars or {}
+        roles = self._task.args.get("roles") or list(ROLES)
+        if isinstance(roles, str):
+            roles = [roles]
+        unknown = [r for r in roles if r not in ROLES]
+        if unknown:
+            return dict(result, failed=True, msg="inventory_contract: unknown role(s) %s (known: %s)"
+                        % (", ".join(map(str, unknown)), ", ".join(ROLES)))
+        checked = list(task_vars.get(FACT) or [])
+        errors = contract.removed_errors([name for name in task_vars if name.startswith("agentops_")])
+        new_facts = {}
+        validated = []
+        parts = []
+        for role in roles:
+            defaults = self._role_defaults(role)
+            values = {name: self._value(name, task_vars, defaults) for name in sorted(defaults)}
+            agents = values.pop("agentops_agents", None)
+            parts.append((role, values))
+            if agents is not None and not any(name == "agentops_agents" for name, _ in parts):
+                parts.append(("agentops_agents", agents))
+        for part, values in parts:
+            digest = _digest(part, values)
+            if digest in checked:
+                continue
+            if part == "agentops_agents":
+                part_errors = contract.agents_errors(values)
+                if not part_errors and any(isinstance(a, dict) and a.get("state", "present") == "present"
+                                           for a in values or []):
+                    passwd, facts = self._users(task_vars)
+                    new_facts.update(facts)
+                    part_errors = contract.agents_user_errors(values, passwd)
+            else:
+                part_errors = contract.role_errors(part, values)
+            errors.extend(e for e in part_errors if e not in errors)
+            validated.append(part)
+            checked.append(digest)
+        if errors:
+            return dict(result, failed=True, changed=False, msg="; ".join(errors), problems=errors)
+        new_facts[FACT] = checked
+        return dict(result, changed=False, validated=validated, ansible_facts=new_facts,
+                    msg="inventory contract: %s valid" % (", ".join(validated) or "already validated"))
