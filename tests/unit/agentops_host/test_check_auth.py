@@ -217,3 +217,102 @@ def test_invalid_check_in_config_fails_clearly(host, capsys):
     json.dump({"name": "broken", "auth_checks": [{"name": "x", "type": "ftp"}]}, open(path, "w"))
     rc, out, _ = run_cli(host, capsys, "broken", "--no-alert")
     assert rc == 1 and "unknown type 'ftp'" in out
+
+
+# ---------------------------------------------------------------- hostile endpoints and files
+
+def _set_checks(host, checks):
+    path = os.path.join(host.config_dir, "agents.d", "mail-triage.json")
+    agent = json.load(open(path))
+    agent["auth_checks"] = checks
+    json.dump(agent, open(path, "w"))
+
+
+@pytest.fixture
+def trickle():
+    """A server on 127.0.0.1 that answers two bytes a second, for minutes."""
+    import socket
+    import time
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+
+    def serve(conn):
+        try:
+            conn.recv(65536)
+            for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"z" * 600:
+                conn.sendall(bytes([byte]))
+                time.sleep(0.5)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def accept():
+        while True:
+            try:
+                conn, _ = sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+    threading.Thread(target=accept, daemon=True).start()
+    yield "http://127.0.0.1:%d/me" % sock.getsockname()[1]
+    sock.close()
+
+
+def test_trickling_endpoint_is_cut_at_the_check_timeout_and_the_next_check_runs(host, capsys, api, trickle):
+    import time
+    _set_checks(host, [{"name": "slow", "type": "http", "url": trickle, "credential": "graph_token", "timeout": "1s"},
+                       {"name": "graph", "type": "http", "url": api.url("/v1.0/me"), "credential": "graph_token"}])
+    started = time.monotonic()
+    rc, out, _ = run_cli(host, capsys, "mail-triage", "--no-alert")
+    took = time.monotonic() - started
+    assert rc == 1
+    assert "mail-triage/slow: AUTH_UNREACHABLE" in out and "did not answer within 1s" in out
+    assert "mail-triage/graph: AUTH_OK" in out
+    assert took < 2.5, "check-auth took %.2f s" % took
+
+
+def test_credential_that_is_a_fifo_fails_that_check_only_and_never_blocks(host, capsys, api):
+    import time
+    fifo = os.path.join(host.config_dir, "credentials", "mail-triage", "other")
+    os.mkfifo(fifo)
+    _set_checks(host, [{"name": "other", "type": "http", "url": api.url("/x"), "credential": "other"},
+                       {"name": "graph", "type": "http", "url": api.url("/v1.0/me"), "credential": "graph_token"}])
+    started = time.monotonic()
+    rc, out, _ = run_cli(host, capsys, "mail-triage", "--no-alert")
+    assert time.monotonic() - started < 5
+    assert rc == 1
+    assert "mail-triage/other: AUTH_FAILED" in out and "is not a regular file" in out
+    assert "mail-triage/graph: AUTH_OK" in out
+
+
+def test_header_value_with_a_line_break_is_refused_and_never_recorded(host, capsys, api):
+    secret = "hdr-canary-8812"
+    _set_checks(host, [{"name": "graph", "type": "http", "url": api.url("/v1.0/me"), "credential": "graph_token",
+                        "headers": {"X-Api-Key": secret + "\r\nX-Evil: 1"}}])
+    rc, out, err = run_cli(host, capsys, "mail-triage")
+    assert rc == 1 and "the value of header X-Api-Key contains a line break" in out
+    recorded = open(os.path.join(host.state_dir, ".auth", "mail-triage.json")).read()
+    for text in (out, err, recorded, json.dumps(api.posts)):
+        assert secret not in text and "X-Evil" not in text
+    assert api.posts and api.posts[0]["key"] == "auth:mail-triage:graph"
+
+
+def test_command_check_run_by_root_never_gets_the_callers_environment(host, capsys, monkeypatch, tmp_path):
+    # As from ExecStartPre=+: the unit's environment has the agent's HOME and maybe PYTHONPATH/LD_PRELOAD.
+    monkeypatch.setenv("HOME", "/var/lib/agentops/mail-triage")
+    monkeypatch.setenv("PYTHONPATH", "/var/lib/agentops/mail-triage/.local/lib")
+    monkeypatch.setenv("LD_PRELOAD", "/var/lib/agentops/mail-triage/x.so")
+    report = tmp_path / "env"
+    _set_checks(host, [{"name": "cli", "type": "command", "credential": "graph_token",
+                        "command": ["/bin/sh", "-c", "env > %s; pwd >> %s; read t; test \"$t\" = %s"
+                                    % (report, report, CANARY)]}])
+    rc, out, _ = run_cli(host, capsys, "mail-triage", "--no-alert")
+    assert rc == 0, out
+    text = report.read_text()
+    import pwd
+    assert "HOME=%s\n" % pwd.getpwuid(os.geteuid()).pw_dir in text
+    assert "/var/lib/agentops" not in text and "PYTHONPATH" not in text and "LD_PRELOAD" not in text
+    assert text.splitlines()[-1] == "/"
+    assert CANARY not in text  # the token only on stdin

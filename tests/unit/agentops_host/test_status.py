@@ -32,3 +32,24 @@ def test_status_json_and_table(tmp_path, recorder, units, capsys):
     table = capsys.readouterr().out
     assert table.splitlines()[0].split()[:3] == ["AGENT", "ACTIVE", "UPTIME"]
     assert "critical:silent" in table
+
+
+def test_status_falls_back_to_the_results_check_auth_recorded(tmp_path, recorder, units, capsys):
+    from agentops_host import check_auth
+    args = make_args(tmp_path)
+    write_config(args, [webhook_channel(recorder)])
+    agent = add_agent(args, "fresh")
+    units(agent["unit"])
+    token_file = tmp_path / "tok"
+    token_file.write_text("x")
+    token_file.chmod(0o600)
+    agent["auth_checks"] = [{"name": "tokfile", "type": "file", "path": str(token_file)}]
+    check_auth.record(args, agent, check_auth.check_agent(args, agent))  # as ExecStartPre does at a start
+    args.json = True
+    assert status._cmd_status(args) == 0
+    row = json.loads(capsys.readouterr().out)[0]
+    assert row["error"] is None
+    assert [(a["name"], a["status"]) for a in row["auth"]] == [("tokfile", "AUTH_OK")]
+    args.json = False
+    assert status._cmd_status(args) == 0
+    assert "AUTH_OK" in capsys.readouterr().out
