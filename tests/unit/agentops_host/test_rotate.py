@@ -714,3 +714,16 @@ def test_rotation_command_environment_cwd_and_fds_are_fixed(env, monkeypatch, tm
     assert "cwd=%s" % (env.state / "a1") in lines
     fds = sorted(int(l) for l in lines if l.isdigit())
     assert fds[:3] == [0, 1, 2] and len(fds) <= 4  # stdin/stdout/stderr (and ls' own directory fd)
+
+
+def test_agent_whose_lock_cannot_be_taken_fails_alone_and_is_alerted(env, capsys):
+    env.age(46)
+    a2 = _add_second_agent(env)
+    (env.state / "rotation").mkdir(mode=0o700, exist_ok=True)
+    (env.state / "rotation" / "a1").write_text("not a directory")
+    assert env.run("rotate") == 1
+    err = capsys.readouterr().err
+    assert "a1/api_token: FAILED: cannot take the rotation lock" in err
+    wait_for(lambda: env.hooks_with("Token rotation failed: a1/api_token"), message="critical alert for a1")
+    assert env.cred.read_text() == env.old
+    assert a2.read_text() == env.endpoint.next_token

@@ -657,6 +657,20 @@ def _rotate_agent(args, agent, entries, settings, forced=False):
     except AgentLocked as exc:
         sys.stderr.write("agentops rotate: %s; agent %s skipped\n" % (exc, agent["name"]))
         return True, True, 0
+    except Exception as exc:  # pylint: disable=broad-except  # e.g. its rotation directory is not a directory
+        message = "cannot take the rotation lock %s: %s" % (lock_path(args, agent["name"]),
+                                                            agentops_auth.describe_error(exc))
+        due = 0
+        for entry in entries:
+            try:
+                if not (forced or schedule_entry(args, agent, entry)["due"]):
+                    continue
+            except Exception:  # pylint: disable=broad-except  # cannot tell: count it as due
+                pass
+            due += 1
+            state = {"agent": agent["name"], "credential": entry["credential"], "last_attempt": time.time()}
+            _record_failure(args, agent, entry, state, message, False)
+        return not due, False, due
     ok, due = True, 0
     try:
         for entry in entries:
