@@ -129,5 +129,6 @@ class ActionModule(ActionBase):
         if errors:
             return dict(result, failed=True, changed=False, msg="; ".join(errors), problems=errors)
         new_facts[FACT] = checked
+        new_facts["agentops_paths"] = dict(contract.PATHS)
         return dict(result, changed=False, validated=validated, ansible_facts=new_facts,
                     msg="inventory contract: %s valid" % (", ".join(validated) or "already validated"))

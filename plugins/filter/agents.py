@@ -14,7 +14,7 @@ __metaclass__ = type
 from ansible_collections.agentops.fleet.plugins.module_utils.agentops_systemd import parse_show
 from ansible_collections.agentops.fleet.plugins.module_utils.agentops_contract import (  # noqa: F401 (re-exported)
     AGENT_KEYS, HEARTBEAT_DEFAULTS, HEARTBEAT_KEYS, agents_errors, agents_normalize, agents_user_errors,
-    heartbeat_tick, settings_errors)
+    heartbeat_tick, settings_errors, timespan_seconds)
 
 
 def systemctl_show(text):
@@ -33,4 +33,5 @@ class FilterModule(object):
             "agentops_settings_errors": settings_errors,
             "agents_normalize": agents_normalize,
             "systemctl_show": systemctl_show,
+            "timespan_seconds": timespan_seconds,
         }

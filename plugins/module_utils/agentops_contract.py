@@ -93,6 +93,11 @@ def agent_name_problem(name):
 MAX_TIMESPAN = 10 * 365 * 86400
 
 
+def timespan_seconds(value):
+    """Whole seconds (at least 1) of a validated time span, for the on-host configuration."""
+    return max(1, int(round(parse_timespan(value))))
+
+
 def timespan_problem(value):
     """Why ``value`` is not a systemd time span (None when it is)."""
     if value is None or isinstance(value, bool):
@@ -132,16 +137,19 @@ def command_problem(value):
 
 
 def _int_problem(value, minimum=None, maximum=None):
-    if isinstance(value, bool):
-        return "%r is not a whole number" % (value,)
+    if minimum is not None and maximum is not None:
+        what = "a whole number between %d and %d" % (minimum, maximum)
+    elif minimum is not None:
+        what = "a whole number >= %d" % minimum
+    else:
+        what = "a whole number"
+    number = value
     if isinstance(value, str) and re.match(r"^[0-9]+\Z", value.strip()):
-        value = int(value.strip())
-    if not isinstance(value, int):
-        return "%r is not a whole number" % (value,)
-    if minimum is not None and value < minimum:
-        return "%r must be >= %d" % (value, minimum)
-    if maximum is not None and value > maximum:
-        return "%r must be <= %d" % (value, maximum)
+        number = int(value.strip())
+    if isinstance(number, bool) or not isinstance(number, int):
+        return "%r is not %s" % (value, what)
+    if (minimum is not None and number < minimum) or (maximum is not None and number > maximum):
+        return "%r is not %s" % (value, what)
     return None
 
 
@@ -183,17 +191,24 @@ def path_list_problem(value):
     return None
 
 
+# [Journal] keys the journald role writes itself: not accepted among the extra settings.
+JOURNALD_MANAGED_KEYS = ("Storage", "SystemMaxUse", "SystemKeepFree", "MaxRetentionSec", "SystemMaxFileSize",
+                         "MaxFileSec", "RateLimitIntervalSec", "RateLimitBurst", "Compress")
+
+
 def _journald_extra_problem(value):
     if not isinstance(value, dict):
         return "must be a mapping of journald directive names to one-line values"
     for key, item in value.items():
         if not (isinstance(key, str) and JOURNALD_KEY_RE.match(key)):
-            return "key %r is not a journald directive name" % (key,)
+            return "%r is not a valid extra [Journal] setting (not a journald directive name)" % (key,)
+        if key in JOURNALD_MANAGED_KEYS:
+            return ("%s is not a valid extra [Journal] setting: the role manages it (use its own variable)" % key)
         if isinstance(item, (dict, list)) or item is None:
-            return "%s must be a one-line scalar value" % key
+            return "%s is not a valid extra [Journal] setting: the value must be one line of text" % key
         problem = unit_value_problem(item)
         if problem:
-            return "%s %s" % (key, problem)
+            return "%s is not a valid extra [Journal] setting: the value %s" % (key, problem)
     return None
 
 
@@ -217,31 +232,19 @@ SETTING_CHECKS = {
     "agentops_agents_cpu_quota": _regex_problem(QUOTA_RE, "a percentage (e.g. 50%, 200%)"),
     "agentops_agents_tasks_max": _regex_problem(TASKS_RE, "a number of tasks, a percentage or infinity"),
     "agentops_agents_every_days": lambda v: _int_problem(v, 1),
-    "agentops_agents_config_dir": _path_problem,
-    "agentops_agents_state_dir": _path_problem,
-    "agentops_agents_command": _path_problem,
-    "agentops_agents_unit_dir": _path_problem,
-    # common role (paths that units, timers and cron name)
-    "agentops_common_bin": _path_problem,
-    "agentops_common_lib_dir": _path_problem,
-    "agentops_common_config_dir": _path_problem,
-    "agentops_common_state_dir": _path_problem,
-    "agentops_common_spool_dir": _path_problem,
     # heartbeat role (agentops-heartbeat.service / .timer)
     "agentops_heartbeat_tick": timespan_problem,
     "agentops_heartbeat_disk_threshold_percent": lambda v: _int_problem(v, 1, 100),
     "agentops_heartbeat_disk_paths": lambda v: path_list_problem(v) or (
         "must not contain '%'" if any("%" in str(p) for p in v) else None),
-    "agentops_heartbeat_command": _path_problem,
-    "agentops_heartbeat_unit_dir": _path_problem,
     # alerts role (agentops-alert@.service, agentops-alert-flush.timer)
     "agentops_alert_flush_interval": timespan_problem,
-    "agentops_alert_command": _path_problem,
-    "agentops_alert_unit_dir": _path_problem,
     # token_rotation role (/etc/cron.d/agentops-token-rotation)
-    "agentops_token_rotation_hour": lambda v: _int_problem(v, 0, 23),
+    "agentops_token_rotation_hour": lambda v: _int_problem(v, 0, 23) and (
+        _int_problem(v, 0, 23) + ": the rotation job runs once a day at agentops_token_rotation_hour:"
+        "agentops_token_rotation_minute; how often a credential rotates is token_rotation[].every_days "
+        "(cron cannot say 'every 45 days')"),
     "agentops_token_rotation_minute": lambda v: _int_problem(v, 0, 59),
-    "agentops_token_rotation_cron_file": _path_problem,
     # journald role (/etc/systemd/journald.conf.d/agentops.conf)
     "agentops_journald_system_max_use": _regex_problem(JOURNALD_SIZE_RE, "a journald size (e.g. 2G, 500M)"),
     "agentops_journald_system_keep_free": _regex_problem(JOURNALD_SIZE_RE, "a journald size (e.g. 2G, 500M)"),
@@ -315,9 +318,42 @@ SETTING_CHECKS.update({
     "agentops_auth_check_at_deploy": _bool_problem,
 })
 
+# The fixed names on the host (DESIGN.md): the roles, the units, the cron line and the on-host
+# command all use these, and nothing else. The roles get them as the fact agentops_paths.
+PATHS = {
+    "bin": "/usr/local/bin/agentops",
+    "lib": "/usr/local/lib/agentops",
+    "config": "/etc/agentops",
+    "state": "/var/lib/agentops",
+    "spool": "/var/spool/agentops",
+    "units": "/etc/systemd/system",
+    "rotation_cron": "/etc/cron.d/agentops-token-rotation",
+}
+
+_FIXED = "was removed: the path is fixed at %s (a fixed name of the inventory contract, used by the units, " \
+         "the cron line and the on-host command alike); remove the variable from the inventory"
 # Variables that were part of the contract once and are gone: setting one fails validation
 # with what to do instead (an inventory must not believe a setting is honoured when it is not).
-REMOVED_VARIABLES = {}
+REMOVED_VARIABLES = {
+    "agentops_common_bin": _FIXED % PATHS["bin"],
+    "agentops_agents_command": _FIXED % PATHS["bin"],
+    "agentops_alert_command": _FIXED % PATHS["bin"],
+    "agentops_heartbeat_command": _FIXED % PATHS["bin"],
+    "agentops_common_lib_dir": _FIXED % PATHS["lib"],
+    "agentops_common_config_dir": _FIXED % PATHS["config"],
+    "agentops_agents_config_dir": _FIXED % PATHS["config"],
+    "agentops_auth_config_dir": _FIXED % PATHS["config"],
+    "agentops_alert_config_file": _FIXED % (PATHS["config"] + "/agentops.json"),
+    "agentops_common_state_dir": _FIXED % PATHS["state"],
+    "agentops_agents_state_dir": _FIXED % PATHS["state"],
+    "agentops_common_spool_dir": _FIXED % PATHS["spool"],
+    "agentops_agents_unit_dir": _FIXED % PATHS["units"],
+    "agentops_alert_unit_dir": _FIXED % PATHS["units"],
+    "agentops_heartbeat_unit_dir": _FIXED % PATHS["units"],
+    "agentops_token_rotation_cron_file": _FIXED % PATHS["rotation_cron"],
+    "agentops_alert_disk_threshold_percent": "was removed: the heartbeat role owns the disk check; set "
+                                             "agentops_heartbeat_disk_threshold_percent instead",
+}
 
 
 def removed_errors(names):

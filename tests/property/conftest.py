@@ -50,7 +50,7 @@ def verifier():
         pytest.fail("cannot start %s: %s" % (IMAGE, started.stderr))
     try:
         with open(os.path.join(ROOT, "roles", "alerts", "templates", "agentops-alert@.service.j2")) as handle:
-            alert_unit = handle.read().replace("{{ agentops_alert_command }}", "/usr/local/bin/agentops")
+            alert_unit = handle.read().replace("{{ agentops_paths.bin }}", "/usr/local/bin/agentops")
         setup = ("mkdir -p /usr/local/bin && printf '#!/bin/sh\\nexit 0\\n' > /usr/local/bin/agentops "
                  "&& chmod 0755 /usr/local/bin/agentops && cat > /etc/systemd/system/agentops-alert@.service")
         proc = subprocess.run(["docker", "exec", "-i", name, "sh", "-c", setup], input=alert_unit.encode("utf-8"),

@@ -87,7 +87,7 @@ def systemd_directives(text):
 
 def render(entry, systemd_version):
     return ENV.get_template("agent.service.j2").render(
-        agent=entry, agentops_agents_command="/usr/local/bin/agentops",
+        agent=entry, agentops_paths=contract.PATHS,
         agentops_agents_systemd_version=systemd_version, agentops_agents_profile_directives=PROFILES)
 
 

@@ -241,44 +241,57 @@ ROLE_SETTINGS_PLAY = """
 """
 
 
-def test_alerts_role_spool_settings_are_validated_and_written(tmp_path):
-    """agentops_alert_max_age / _permanent_failures / _spool_max: bad values are refused naming the
-    variable (before the config task runs), good ones reach agentops.json for the on-host command."""
-    import re
+def _alerts_role_run(tmp_path, hosts, config_dir):
+    """Run the alerts role's validate + config on local hosts; agentops.json goes to config_dir."""
     import subprocess
     root = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
-    config_file = tmp_path / "agentops.json"
-    hosts = {
-        "good": {"agentops_alert_config_file": str(config_file), "agentops_alert_max_age": "2h 30min",
-                 "agentops_alert_permanent_failures": 5, "agentops_alert_spool_max": "250"},
-        "defaults": {"agentops_alert_config_file": str(tmp_path / "defaults.json")},
-        "short_age": {"agentops_alert_max_age": "30s", "agentops_alert_config_file": str(tmp_path / "x.json")},
-        "bad_age": {"agentops_alert_max_age": "forever", "agentops_alert_config_file": str(tmp_path / "x.json")},
-        "zero_permanent": {"agentops_alert_permanent_failures": 0, "agentops_alert_config_file": str(tmp_path / "x.json")},
-        "bool_cap": {"agentops_alert_spool_max": True, "agentops_alert_config_file": str(tmp_path / "x.json")},
-        "huge_cap": {"agentops_alert_spool_max": 99999999, "agentops_alert_config_file": str(tmp_path / "x.json")},
-    }
     inventory = {"all": {"vars": {"ansible_connection": "local", "ansible_python_interpreter": sys.executable},
                          "hosts": hosts}}
     (tmp_path / "inventory.json").write_text(json.dumps(inventory))
     (tmp_path / "play.yml").write_text(ROLE_SETTINGS_PLAY)
+    config_dir.mkdir()
     env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(root, "ansible.cfg"), ANSIBLE_NOCOLOR="1",
                ANSIBLE_COLLECTIONS_PATH=os.path.join(root, ".cache", "collections"))
-    proc = subprocess.run([os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i",
-                           str(tmp_path / "inventory.json"), str(tmp_path / "play.yml")],
+    # the fixed paths come as the fact agentops_paths: an extra var points the config at a test folder
+    paths = json.dumps({"agentops_paths": {"config": str(config_dir)}})
+    return subprocess.run([os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i",
+                           str(tmp_path / "inventory.json"), "-e", paths, str(tmp_path / "play.yml")],
                           cwd=root, env=env, text=True, capture_output=True, timeout=300, check=False)
+
+
+def test_alerts_role_spool_settings_are_validated_and_written(tmp_path):
+    """agentops_alert_max_age / _permanent_failures / _spool_max: bad values are refused naming the
+    variable (before the config task runs), good ones reach agentops.json for the on-host command."""
+    import re
+    hosts = {
+        "good": {"agentops_alert_max_age": "2h 30min", "agentops_alert_permanent_failures": 5,
+                 "agentops_alert_spool_max": "250"},
+        "short_age": {"agentops_alert_max_age": "30s"},
+        "bad_age": {"agentops_alert_max_age": "forever"},
+        "zero_permanent": {"agentops_alert_permanent_failures": 0},
+        "bool_cap": {"agentops_alert_spool_max": True},
+        "huge_cap": {"agentops_alert_spool_max": 99999999},
+        "removed": {"agentops_alert_config_file": "/tmp/elsewhere.json"},
+    }
+    (tmp_path / "a").mkdir()
+    proc = _alerts_role_run(tmp_path / "a", hosts, tmp_path / "good")
     failed = {m.group(1): json.loads(m.group(2))["msg"]
               for m in re.finditer(r"^fatal: \[(\w+)\]: FAILED! => (\{.*\})$", proc.stdout, re.M)}
-    assert set(failed) == {"short_age", "bad_age", "zero_permanent", "bool_cap", "huge_cap"}, proc.stdout[-3000:]
+    assert set(failed) == {"short_age", "bad_age", "zero_permanent", "bool_cap", "huge_cap", "removed"}, \
+        proc.stdout[-3000:]
     assert "agentops_alert_max_age" in failed["short_age"] and "shorter than 1min" in failed["short_age"]
-    assert failed["bad_age"].startswith("agentops_alert_max_age: \"forever\" is not a positive systemd time span")
-    assert failed["zero_permanent"].startswith("agentops_alert_permanent_failures must be a whole number")
-    assert failed["bool_cap"].startswith("agentops_alert_spool_max must be a whole number")
-    assert failed["huge_cap"].startswith("agentops_alert_spool_max must be a whole number between 1 and 1000000")
-    assert not (tmp_path / "x.json").exists()                 # nothing written for a rejected host
-    data = json.loads(config_file.read_text())
+    assert failed["bad_age"].startswith("agentops_alert_max_age: 'forever' is not a systemd time span")
+    assert failed["zero_permanent"].startswith("agentops_alert_permanent_failures: 0 is not a whole number")
+    assert failed["bool_cap"].startswith("agentops_alert_spool_max: True is not a whole number")
+    assert failed["huge_cap"].startswith("agentops_alert_spool_max: 99999999 is not a whole number between 1 and 1000000")
+    assert failed["removed"].startswith("agentops_alert_config_file: was removed: the path is fixed at "
+                                        "/etc/agentops/agentops.json")
+    data = json.loads((tmp_path / "good" / "agentops.json").read_text())
     assert (data["alert_max_age_seconds"], data["alert_permanent_failures"], data["alert_spool_max"]) == (9000, 5, 250)
-    defaults = json.loads((tmp_path / "defaults.json").read_text())
+    (tmp_path / "b").mkdir()
+    proc = _alerts_role_run(tmp_path / "b", {"defaults": {}}, tmp_path / "defaults")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    defaults = json.loads((tmp_path / "defaults" / "agentops.json").read_text())
     assert (defaults["alert_max_age_seconds"], defaults["alert_permanent_failures"],
             defaults["alert_spool_max"]) == (86400, 3, 1000)
     assert alert.settings(defaults)["max_age"] == 86400 and alert.settings(data)["spool_max"] == 250

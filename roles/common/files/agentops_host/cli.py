@@ -11,6 +11,8 @@ import os
 import pwd
 import sys
 
+from agentops_lib.agentops_contract import PATHS
+
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Sub-commands that keep the caller's environment (they run as the agent user and exec the
 # agent itself); every other sub-command runs with the fixed environment below.
@@ -33,9 +35,9 @@ def build_parser():
         prog="agentops",
         description="agentops.fleet on-host command: alerts, auth checks, heartbeat, rotation, status.",
     )
-    parser.add_argument("--config-dir", default="/etc/agentops", help="configuration directory (default: %(default)s)")
-    parser.add_argument("--state-dir", default="/var/lib/agentops", help="state directory (default: %(default)s)")
-    parser.add_argument("--spool-dir", default="/var/spool/agentops", help="spool directory (default: %(default)s)")
+    parser.add_argument("--config-dir", default=PATHS["config"], help="configuration directory (default: %(default)s)")
+    parser.add_argument("--state-dir", default=PATHS["state"], help="state directory (default: %(default)s)")
+    parser.add_argument("--spool-dir", default=PATHS["spool"], help="spool directory (default: %(default)s)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     loaded = set()

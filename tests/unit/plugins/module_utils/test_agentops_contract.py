@@ -62,10 +62,6 @@ def test_names_near_the_reserved_ones_are_fine(name):
     ("agentops_agents_start_limit_burst", 0),
     ("agentops_agents_start_limit_burst", True),
     ("agentops_agents_hardening", "paranoid"),
-    ("agentops_agents_command", "/usr/local/bin/agentops\nExecStartPre=+/bin/sh"),
-    ("agentops_agents_state_dir", "/var/lib/agent ops"),
-    ("agentops_agents_state_dir", "/var/lib/%n"),
-    ("agentops_common_config_dir", "relative/etc"),
     ("agentops_heartbeat_tick", "1min\n"),
     ("agentops_heartbeat_disk_paths", ["/var/log/journal", "/tmp/x\\"]),
     ("agentops_heartbeat_disk_paths", ["/srv/a b"]),
@@ -73,7 +69,7 @@ def test_names_near_the_reserved_ones_are_fine(name):
     ("agentops_heartbeat_disk_threshold_percent", 101),
     ("agentops_alert_flush_interval", "30s\x00"),
     ("agentops_token_rotation_hour", 24),
-    ("agentops_token_rotation_cron_file", "/etc/cron.d/x\n* * * * * root /bin/sh"),
+    ("agentops_alert_host_name", "web1\nUser=root"),
     ("agentops_journald_system_max_use", "2G\nStorage=none"),
     ("agentops_journald_extra_settings", {"ForwardToSyslog": "no\\"}),
     ("agentops_journald_extra_settings", {"ForwardToSyslog": u"no\u2028Storage=none"}),
@@ -91,8 +87,6 @@ def test_role_defaults_are_valid():
         "agentops_agents_timeout_stop_sec": 30, "agentops_agents_start_limit_interval_sec": "5min",
         "agentops_agents_start_limit_burst": 5, "agentops_agents_memory_max": "2G",
         "agentops_agents_cpu_quota": "200%", "agentops_agents_tasks_max": 512, "agentops_agents_every_days": 45,
-        "agentops_agents_config_dir": "/etc/agentops", "agentops_agents_state_dir": "/var/lib/agentops",
-        "agentops_agents_command": "/usr/local/bin/agentops", "agentops_agents_unit_dir": "/etc/systemd/system",
         "agentops_heartbeat_tick": "1min", "agentops_heartbeat_disk_paths": ["/var/log/journal"],
         "agentops_heartbeat_disk_threshold_percent": "90", "agentops_alert_flush_interval": "30s",
         "agentops_token_rotation_hour": 3, "agentops_token_rotation_minute": "17",
@@ -172,3 +166,29 @@ def test_existing_users_that_are_not_the_agents_own_are_refused():
     assert agents_user_errors([_agent(user="daemon", share_user=True)], PASSWD) == []
     assert agents_user_errors([_agent(user="agent-new")], PASSWD) == []
     assert agents_user_errors([_agent(user="daemon", state="absent")], PASSWD) == []
+
+
+@pytest.mark.parametrize("name", sorted(contract.REMOVED_VARIABLES))
+def test_removed_variables_are_refused_with_their_replacement(name):
+    (message,) = contract.removed_errors(["agentops_agents", name])
+    assert message.startswith(name + ": was removed: ")
+    assert "/" in message or "agentops_heartbeat_disk_threshold_percent" in message
+
+
+def test_every_role_default_has_a_check():
+    """Each variable a role declares is validated by the contract (no setting accepted and unchecked)."""
+    import glob
+    import os
+    import yaml
+    root = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..", ".."))
+    unchecked = []
+    for path in sorted(glob.glob(os.path.join(root, "roles", "*", "defaults", "main.yml"))):
+        with open(path) as handle:
+            names = yaml.safe_load(handle) or {}
+        for name in names:
+            if name in ("agentops_agents", "agentops_alert_channels"):
+                continue
+            if name not in contract.SETTING_CHECKS:
+                unchecked.append(name)
+            assert name not in contract.REMOVED_VARIABLES, name
+    assert unchecked == [], unchecked
