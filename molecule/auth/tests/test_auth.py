@@ -156,7 +156,7 @@ def test_60_bad_input_is_rejected_before_anything_runs(host, run_playbook):
         ({"agentops_agents": agent(url=None)}, ["mailer", "auth_checks", "type http needs an http(s) URL"]),
         ({"agentops_agents": agent(credential="nope")}, ["mailer", "'nope' is not one of the agent's credentials"]),
         ({"agentops_agents": agent(token=ROTATED)}, ["mailer", "auth_checks[graph].token", "unknown key"]),
-        ({"agentops_auth_timeout": 0}, ["agentops_auth_timeout must be a number of seconds > 0"]),
+        ({"agentops_auth_timeout": 0}, ["agentops_auth_timeout: 0 is not a whole number between 1 and 3600"]),
     ]
     for extra, words in cases:
         before = len(api_tokens(host))

@@ -258,11 +258,15 @@ def test_rerunning_the_playbook_keeps_the_rotated_token(host, run_playbook):
 
 
 @pytest.mark.parametrize("extra,message", [
-    ({"agentops_token_rotation_hour": "*/45"}, "agentops_token_rotation_hour must be a whole number from 0 to 23"),
-    ({"agentops_token_rotation_minute": 60}, "agentops_token_rotation_minute must be a whole number from 0 to 59"),
-    ({"agentops_token_rotation_hour": "3,15"}, "agentops_token_rotation_hour must be a whole number"),
-    ({"agentops_token_rotation_grace_days": "x"}, "agentops_token_rotation_grace_days must be a whole number"),
-    ({"agentops_token_rotation_timeout_seconds": 0}, "agentops_token_rotation_timeout_seconds must be a whole number"),
+    ({"agentops_token_rotation_hour": "*/45"},
+     "agentops_token_rotation_hour: '*/45' is not a whole number between 0 and 23: the rotation job runs once a day"),
+    ({"agentops_token_rotation_minute": 60}, "agentops_token_rotation_minute: 60 is not a whole number between 0 and 59"),
+    ({"agentops_token_rotation_hour": "3,15"}, "agentops_token_rotation_hour: '3,15' is not a whole number"),
+    ({"agentops_token_rotation_grace_days": "x"}, "agentops_token_rotation_grace_days: 'x' is not a whole number"),
+    ({"agentops_token_rotation_timeout_seconds": 0},
+     "agentops_token_rotation_timeout_seconds: 0 is not a whole number between 1 and 86400"),
+    ({"agentops_token_rotation_cron_file": "/etc/cron.d/other"},
+     "agentops_token_rotation_cron_file: was removed: the path is fixed at /etc/cron.d/agentops-token-rotation"),
     ({"agentops_agents": [{"name": "rotor", "command": "/opt/agentops-test/token-agent",
                            "credentials": {"api_token": SEED},
                            "token_rotation": [{"credential": "api_token", "every_days": "*/45",
