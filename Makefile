@@ -19,7 +19,7 @@ export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help setup venv host images collection lint unit property molecule test bench demo demo-clean clean
+.PHONY: help setup venv host images collection docs lint unit property molecule test bench demo demo-clean clean
 
 help: ## show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -41,7 +41,10 @@ collection: ## make this checkout importable as agentops.fleet
 	@mkdir -p $(dir $(COLLECTION_LINK))
 	@ln -sfn $(CURDIR) $(COLLECTION_LINK)
 
-lint: venv collection ## ansible-lint (production), sanity, collection build + install
+docs: venv ## regenerate the role READMEs' tables (and shared agent options) from meta/argument_specs.yml
+	@$(BIN)/python scripts/gen-docs.py
+
+lint: venv collection ## ansible-lint (production), generated docs up to date, sanity, collection build + install
 	@scripts/lint.sh
 
 unit: venv collection ## unit tests of the modules, module_utils and the on-host command

@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # Managed by the agentops.fleet collection: every static check of `make lint`.
-#  1. ansible-lint, production profile, zero violations
-#  2. the on-host command imports with the Python standard library alone
-#  3. ansible-test sanity on the plugins (scripts/sanity.sh)
-#  4. antsibull-changelog lint of the fragments
-#  5. ansible-galaxy collection build, and the tarball installs
-#  6. execution-environment.yml renders a build context (ansible-builder create)
+#  1. the generated documentation is up to date (scripts/gen-docs.py --check: role READMEs' tables and
+#     the shared agent options of the argument specs; the defaults match the specs)
+#  2. ansible-lint, production profile, zero violations
+#  3. the on-host command imports with the Python standard library alone
+#  4. ansible-test sanity on the plugins (scripts/sanity.sh)
+#  5. antsibull-changelog lint of the fragments
+#  6. ansible-galaxy collection build, and the tarball installs
+#  7. execution-environment.yml renders a build context (ansible-builder create)
 set -euo pipefail
 step() { printf '=== lint: %s\n' "$*"; }
+
+step "generated documentation (scripts/gen-docs.py --check; make docs rewrites it)"
+python scripts/gen-docs.py --check
 
 step "ansible-lint (production profile)"
 # ansible-lint works on its own copy of the collection under .ansible/: never a stale one.
