@@ -38,14 +38,16 @@ description:
     C(failure_modes) items) and the other agents are audited as usual."
 author:
   - agentops.fleet maintainers (@agentops)
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: The module only reads state, so it runs in check mode as well.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
+  platform:
+    platforms: posix
 options:
   units:
     description:

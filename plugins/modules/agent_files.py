@@ -72,73 +72,6 @@ options:
         description: Octal mode as a string, e.g. C(0700).
         type: str
         default: "0755"
-  files:
-    description: Files whose content is not secret (a diff is returned in diff mode).
-    type: list
-    elements: dict
-    default: []
-    suboptions:
-      path:
-        description: Absolute path.
-        type: path
-        required: true
-      content:
-        description: Complete content of the file.
-        type: str
-        required: true
-      owner:
-        description: Owner name.
-        type: str
-        default: root
-      group:
-        description: Group name.
-        type: str
-        default: root
-      mode:
-        description: Octal mode as a string, e.g. C(0644).
-        type: str
-        default: "0644"
-      force:
-        description:
-          - When C(false), an existing file is left alone entirely (content, owner and mode) and
-            its path is reported in RV(kept); it is not even opened. In an agent-writable directory an entry
-            that is not a regular file is reported in RV(problems) as well.
-          - When C(true), a hostile entry in an agent-writable directory is replaced by the rendered file.
-        type: bool
-        default: true
-  secret_files:
-    description:
-      - Like I(files), for secrets. Contents are never returned, logged or diffed.
-    type: list
-    elements: dict
-    default: []
-    suboptions:
-      path:
-        description: Absolute path.
-        type: path
-        required: true
-      content:
-        description: Complete content of the file (a secret).
-        type: str
-        required: true
-      owner:
-        description: Owner name.
-        type: str
-        default: root
-      group:
-        description: Group name.
-        type: str
-        default: root
-      mode:
-        description: Octal mode as a string, e.g. C(0644).
-        type: str
-        default: "0644"
-      force:
-        description:
-          - When C(false), an existing file is left alone entirely (content, owner and mode) and
-            its path is reported in RV(kept).
-        type: bool
-        default: true
   prune:
     description:
       - Directories to clean up - every entry not listed in I(keep) is removed.
@@ -161,14 +94,17 @@ options:
     type: list
     elements: path
     default: []
+extends_documentation_fragment:
+  - agentops.fleet.file_entries
+  - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: partial
-    details: Contents of I(secret_files) are never part of the diff.
+    details: Contents of O(secret_files) are never part of the diff.
+  platform:
+    platforms: posix
 author:
   - agentops.fleet maintainers (@agentops)
 """

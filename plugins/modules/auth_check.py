@@ -39,14 +39,16 @@ description:
   - The module never changes anything; it runs in check mode too.
 author:
   - agentops.fleet maintainers (@agentops)
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: Checks only read state, so they run in check mode as well.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
+  platform:
+    platforms: posix
 options:
   name:
     description:

@@ -1,0 +1,64 @@
+# -*- coding: utf-8 -*-
+# Copyright: agentops.fleet maintainers
+# MIT License (see LICENSE)
+"""Documentation of a file entry, shared by the options files and secret_files of agentops.fleet.agent_files.
+
+Both options take the same entries (the module's FILE_OPTIONS); the suboptions are written once here.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+# The suboptions of one file entry (indented for the place they take below).
+_FILE_ENTRY = r"""
+      path:
+        description: Absolute path.
+        type: path
+        required: true
+      content:
+        description:
+          - Complete content of the file.
+          - In O(secret_files), a secret that is never returned, logged or diffed.
+        type: str
+        required: true
+      owner:
+        description: Owner name.
+        type: str
+        default: root
+      group:
+        description: Group name.
+        type: str
+        default: root
+      mode:
+        description: Octal mode as a string, e.g. C(0644).
+        type: str
+        default: "0644"
+      force:
+        description:
+          - When C(false), an existing file is left alone entirely (content, owner and mode) and
+            its path is reported in RV(kept); it is not even opened. In an agent-writable directory an entry
+            that is not a regular file is reported in RV(problems) as well.
+          - When C(true), a hostile entry in an agent-writable directory is replaced by the rendered file.
+        type: bool
+        default: true
+"""
+
+
+class ModuleDocFragment(object):
+
+    DOCUMENTATION = r"""
+options:
+  files:
+    description: Files whose content is not secret (a diff is returned in diff mode).
+    type: list
+    elements: dict
+    default: []
+    suboptions:""" + _FILE_ENTRY + r"""
+  secret_files:
+    description:
+      - Like O(files), for secrets. Contents are never returned, logged or diffed.
+    type: list
+    elements: dict
+    default: []
+    suboptions:""" + _FILE_ENTRY
