@@ -144,7 +144,8 @@ def env(tmp_path, endpoint, monkeypatch):
     monkeypatch.setattr(rotate, "SYSTEMCTL", str(systemctl))
     (cfg / "agentops.json").write_text(json.dumps({
         "host": "unit", "alert_channels": [{"type": "webhook", "url": endpoint.url + "/hook"}],
-        "alert_timeout_seconds": 5, "rotation": {"grace_days": 7, "timeout_seconds": 20}}))
+        "alert_timeout_seconds": 5}))
+    (cfg / "rotation.json").write_text(json.dumps({"grace_days": 7, "timeout_seconds": 20}))
     me = pwd.getpwuid(os.geteuid()).pw_name
     old = "OLDTOKEN-%08x" % random.getrandbits(32)
     endpoint.accepted.update({old, endpoint.next_token})
@@ -454,10 +455,8 @@ def test_overdue_after_every_days_plus_grace(env):
     key, title, body = found[0]
     assert key == "rotation-overdue:a1:api_token" and "a1/api_token" in title and "45 days" in body
     assert env.old not in body
-    # grace from agentops.json
-    cfg = json.loads((env.cfg / "agentops.json").read_text())
-    cfg["rotation"]["grace_days"] = 30
-    (env.cfg / "agentops.json").write_text(json.dumps(cfg))
+    # grace from rotation.json (written by the token_rotation role)
+    (env.cfg / "rotation.json").write_text(json.dumps({"grace_days": 30, "timeout_seconds": 20}))
     assert rotate.overdue(args, agent) == []
 
 

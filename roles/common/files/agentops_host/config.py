@@ -22,9 +22,9 @@ DEFAULT_HOST_CONFIG = {
     "alert_channels": [],
     "alert_repeat_seconds": 4 * 3600,
     "alert_timeout_seconds": 10,
-    "disk_threshold_percent": 90,
-    "rotation": {"grace_days": 7, "timeout_seconds": 120},
 }
+# <config_dir>/rotation.json, written by the token_rotation role (the one owner of these settings).
+DEFAULT_ROTATION_CONFIG = {"grace_days": 7, "timeout_seconds": 120}
 
 # Fields of an agent file the on-host command relies on, and the JSON types each may have.
 _AGENT_FIELDS = (
@@ -126,6 +126,20 @@ def load_host_config(config_dir):
         data.update(found)
     if not data.get("host"):
         data["host"] = os.uname().nodename
+    return data
+
+
+def load_rotation_config(config_dir):
+    """The rotation settings (grace_days, timeout_seconds); defaults for a missing file or a bad value."""
+    data = dict(DEFAULT_ROTATION_CONFIG)
+    path = os.path.join(config_dir, "rotation.json")
+    found = _read_json(path)
+    if found is not None and not isinstance(found, dict):
+        raise ConfigError("%s must hold a JSON object, not %s" % (path, _json_type(found)))
+    for key, default in DEFAULT_ROTATION_CONFIG.items():
+        value = (found or {}).get(key, default)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            data[key] = value
     return data
 
 

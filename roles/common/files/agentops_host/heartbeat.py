@@ -44,6 +44,8 @@ DEFAULT_TICK = 60.0
 # The defaults of the inventory contract (plugins/filter/agents.py HEARTBEAT_DEFAULTS).
 DEFAULT_INTERVAL = 5 * 60.0
 DEFAULT_MAX_SILENCE = 30 * 60.0
+# agentops_heartbeat_disk_threshold_percent's default; the heartbeat unit passes --disk-threshold.
+DEFAULT_DISK_THRESHOLD = 90.0
 COMMAND_TIMEOUT_MAX = 60.0
 AUTH_OK = "AUTH_OK"
 AUTH_EXPIRING = "AUTH_EXPIRING"
@@ -441,9 +443,7 @@ def run(args):
                 alert.log("heartbeat %s: check failed: %s" % (name, exc))
         if not args.agent:
             checker.resolve_removed(set(names))
-            threshold = args.disk_threshold
-            if threshold is None:
-                threshold = float(cfg.get("disk_threshold_percent") or 90)
+            threshold = args.disk_threshold if args.disk_threshold is not None else DEFAULT_DISK_THRESHOLD
             paths = args.disk_path or [p for p in ("/var/log/journal", args.state_dir) if os.path.isdir(p)]
             checker.check_disk(paths, threshold)
     if checker.errors:
@@ -465,7 +465,7 @@ def add_parser(subparsers):
     parser.add_argument("--tick", default=None, help="how often the timer runs (systemd time span, default 1min)")
     parser.add_argument("--force", action="store_true", help="run the interval-bound checks now")
     parser.add_argument("--disk-threshold", type=float, default=None,
-                        help="alert above this percentage of used space (default from agentops.json, 90)")
+                        help="alert above this percentage of used space (default 90)")
     parser.add_argument("--disk-path", action="append", default=None,
                         help="path whose filesystem is watched (repeatable; default /var/log/journal and the state dir)")
     parser.set_defaults(func=_cmd_heartbeat)

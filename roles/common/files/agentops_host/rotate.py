@@ -89,11 +89,7 @@ def rotation_dir(args):
 
 
 def _settings(args):
-    host = config.load_host_config(args.config_dir)
-    rotation = dict(config.DEFAULT_HOST_CONFIG["rotation"])
-    if isinstance(host.get("rotation"), dict):
-        rotation.update(host["rotation"])
-    return rotation
+    return config.load_rotation_config(args.config_dir)
 
 
 def _entries(agent):
@@ -701,9 +697,9 @@ def cmd_rotate(args):
         return 2
     try:
         settings = _settings(args)
-    except config.ConfigError as exc:  # agentops.json: the alert path is broken too; say so and go on
+    except config.ConfigError as exc:  # rotation.json is broken: say so and go on with the defaults
         sys.stderr.write("agentops rotate: %s; using the default rotation settings\n" % exc)
-        settings = dict(config.DEFAULT_HOST_CONFIG["rotation"])
+        settings = dict(config.DEFAULT_ROTATION_CONFIG)
     if args.force:
         agent_name, _, credential = args.force.partition("/")
         if not agent_name or not credential:
