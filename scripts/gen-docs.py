@@ -363,7 +363,7 @@ def markdown(text):
 
 def _plain(text):
     """Text outside code: characters Markdown or HTML would read as markup are escaped."""
-    return text.replace("\\", "\\\\").replace("*", "\\*").replace("<", "&lt;").replace(">", "&gt;").replace("`", "\\`")
+    return text.replace("\\", "\\\\").replace("*", "\\*").replace("<", "&lt;").replace("`", "\\`")
 
 
 def description(option):

@@ -142,6 +142,13 @@ VALID_AGENTS = {
     "time-spans-as-numbers": _variant(restart_sec=10, timeout_stop_sec=30, start_limit_interval_sec=300),
     "sizes-and-limits": _variant(memory_max="50%", tasks_max=512),
     "tasks-max-percent": _variant(tasks_max="20%", memory_max="infinity"),
+    "auth-check-variants": _variant(auth_checks=[
+        {"name": "post", "type": "http", "url": "https://api.example.com/check", "method": "post",
+         "body": {"ping": True}, "ca_path": "/etc/ssl/private-ca.pem", "expect_status": "204", "timeout": "30s"},
+        {"name": "text", "type": "http", "url": "https://api.example.com/", "body": "ping", "expect_status": ""},
+        {"name": "argv", "type": "command", "command": ["/usr/local/bin/tool", "auth", "list"], "timeout": 5},
+        {"name": "nulls", "type": "http", "url": "https://api.example.com/", "headers": None,
+         "validate_certs": None, "expect_status": None}]),
     "shared-user": [dict(FULL_AGENT, share_user=True), dict(FULL_AGENT, name="second", share_user=True)],
 }
 
@@ -172,8 +179,8 @@ BAD_AGENTS = {
     "rotation-without-command": (_variant(token_rotation=[{"credential": "graph_token"}]), "command"),
     "failure-mode-without-tool": (_variant(failure_modes=[{"on_failure": "alert"}]), "tool"),
     "progress-unknown": (_variant(heartbeat={"progress": "vibes"}), "progress"),
-    "status-not-a-number": (_variant(auth_checks=[{"name": "c", "type": "http", "url": "https://x/",
-                                                   "expect_status": ["ok"]}]), "expect_status"),
+    "certs-not-a-boolean": (_variant(auth_checks=[{"name": "c", "type": "http", "url": "https://x/",
+                                                   "validate_certs": "maybe"}]), "validate_certs"),
     "headers-a-string": (_variant(auth_checks=[{"name": "c", "type": "http", "url": "https://x/",
                                                 "headers": "X-Key"}]), "headers"),
 }
