@@ -15,7 +15,7 @@ import uuid
 import pytest
 
 from hostile_helpers import (EVIL_HOME, FILES, UNIT, agent, all_hosts, as_evil, fleet_run, host_name, leaks, prop,
-                             restore, save_originals, scenario_agents, snapshot, snapshot_changes, target_sums,
+                             read_report, restore, save_originals, scenario_agents, snapshot, snapshot_changes, target_sums,
                              timed)
 
 LAYOUTS = {
@@ -24,6 +24,8 @@ LAYOUTS = {
     "fifos": {"AGENTS.md": "fifo", "WORKSTATE.md": "fifo", "progress": "fifo"},
     "sparse": {"AGENTS.md": "sparse", "WORKSTATE.md": "sparse", "progress": "sparse"},
 }
+# what the audit must say it found in AGENTS.md, per layout
+FOUND = {"symlinks": "symlink", "fifos": "fifo", "sparse": "too large"}
 PLAYBOOK_DEADLINE = 240
 COMMAND_DEADLINE = 60
 ROOT_COMMANDS = ("heartbeat --force", "status", "rotate --list", "check-auth evil")
@@ -86,8 +88,7 @@ def static_run(request):
         report = os.path.join(tempfile.mkdtemp(prefix="hostile-audit-"), "audit.json")
         result["audit"] = fleet_run("../../playbooks/audit.yml", PLAYBOOK_DEADLINE, verbosity=3,
                                     extra_vars={"agentops_audit_report_path": report})
-        with open(report, encoding="utf-8") as handle:
-            result["report_text"] = handle.read()
+        result["report_text"] = read_report(report)
         for host in hosts:
             for argv in ROOT_COMMANDS:
                 result["commands"][(host_name(host), argv)] = timed(
@@ -122,6 +123,8 @@ def converge_run():
 def test_runs_finish_within_their_deadline(host, static_run):
     for run in ("check", "audit"):
         rc, output, recaps, seconds = static_run[run]
+        assert rc is not None, "%s did not finish within %ss next to %s:\n%s" % (
+            run, PLAYBOOK_DEADLINE, static_run["layout"], output[-3000:])
         assert host_name(host) in recaps, "%s: no recap for %s:\n%s" % (run, host_name(host), output[-3000:])
     for argv in ROOT_COMMANDS:
         result, seconds = static_run["commands"][(host_name(host), argv)]
@@ -153,16 +156,20 @@ def test_check_mode_goes_on_for_every_agent(host, static_run):
 
 
 def test_audit_names_the_hostile_agents_md_of_the_evil_agent_only(host, static_run):
+    assert static_run["report_text"], "audit.yml wrote no report:\n%s" % static_run["audit"][1][-3000:]
     report = json.loads(static_run["report_text"])["hosts"][host_name(host)]
     items = dict((item["id"], item) for item in report["checklist"])
     reason = items["workstate_protocol"]["reason"]
     assert items["workstate_protocol"]["passed"] is False, reason
     assert "agentops-evil.service" in reason and "AGENTS.md" in reason, reason
+    # what was found is named: the audit did not read through it
+    assert FOUND[static_run["layout"]] in reason.lower(), reason
     assert "agentops-victim.service" not in reason and "agentops-bystander.service" not in reason, reason
 
 
 def test_converge_never_follows_the_symlinks(host, converge_run):
     name = host_name(host)
+    assert converge_run["converge"][0] is not None, converge_run["converge"][1][-3000:]
     assert host_name(host) in converge_run["converge"][2], converge_run["converge"][1][-3000:]
     assert snapshot_changes(converge_run["before"][name], converge_run["after"][name]) == []
     assert converge_run["sums_after"][name] == converge_run["sums"][name]

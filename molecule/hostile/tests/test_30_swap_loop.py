@@ -14,7 +14,7 @@ import uuid
 import pytest
 
 from hostile_helpers import (EVIL_HOME, FILES, UNIT, agent, all_hosts, as_evil, fleet_run, host_name, leaks, now,
-                             prop, restore, save_originals, scenario_agents, sh, snapshot, snapshot_changes,
+                             prop, read_report, restore, save_originals, scenario_agents, sh, snapshot, snapshot_changes,
                              target_sums, timed, wait_for, webhook)
 
 PLAYBOOK_DEADLINE = 240
@@ -51,8 +51,7 @@ def swap_loop():
         report = os.path.join(tempfile.mkdtemp(prefix="hostile-audit-"), "audit.json")
         result["audit"] = fleet_run("../../playbooks/audit.yml", PLAYBOOK_DEADLINE, verbosity=3,
                                     extra_vars={"agentops_audit_report_path": report})
-        with open(report, encoding="utf-8") as handle:
-            result["report_text"] = handle.read()
+        result["report_text"] = read_report(report)
         for host in hosts:
             name = host_name(host)
             runs = [timed(host, "systemctl start agentops-heartbeat.service", 120)
@@ -91,6 +90,7 @@ def test_the_swapper_really_raced(host, swap_loop):
 def test_every_run_finished_within_its_deadline(host, swap_loop):
     for run in ("converge", "check", "audit"):
         rc, output, recaps, seconds = swap_loop[run]
+        assert rc is not None, "%s did not finish within %ss:\n%s" % (run, PLAYBOOK_DEADLINE, output[-3000:])
         assert host_name(host) in recaps, "%s: no recap for %s:\n%s" % (run, host_name(host), output[-3000:])
     for result, seconds in swap_loop["heartbeats"][host_name(host)]:
         assert result.rc != 137 and seconds < 120, "a heartbeat run hung during the swap loop"
@@ -119,6 +119,7 @@ def test_victim_converged_during_the_swap_loop(host, swap_loop):
 
 
 def test_the_audit_completed_for_every_agent(host, swap_loop):
+    assert swap_loop["report_text"], "audit.yml wrote no report:\n%s" % swap_loop["audit"][1][-3000:]
     report = json.loads(swap_loop["report_text"])["hosts"][host_name(host)]
     assert sorted(a["unit"] for a in report["agents"]) == sorted(UNIT % n for n in ("bystander", "evil", "victim"))
     assert len(report["checklist"]) == 9
