@@ -15,9 +15,12 @@ step "generated documentation (scripts/gen-docs.py --check; make docs rewrites i
 python scripts/gen-docs.py --check
 
 step "ansible-lint (production profile)"
-# ansible-lint works on its own copy of the collection under .ansible/: never a stale one.
+# ansible-lint works on its own copy of the collection under .ansible/: never a stale one. Offline, it
+# puts its cache (and the first entry of its collections path) under $ANSIBLE_HOME, by default
+# ~/.ansible, where an older copy of this collection installed by hand would hide the checkout's
+# plugins: its home is the checkout's .ansible/ instead.
 rm -rf .ansible/collections/ansible_collections/agentops
-ansible-lint --offline --profile production
+ANSIBLE_HOME="$PWD/.ansible" ansible-lint --offline --profile production
 
 step "on-host command: standard library only"
 hostlib=$(mktemp -d)
