@@ -33,6 +33,7 @@ variable, when:
   or a heartbeat default from HEARTBEAT_DEFAULTS: Ansible's role argument validation rejects unknown
   keys, so a field the contract accepts but the spec lacks would make valid inventories fail;
 * a variable the contract lists as removed (REMOVED_VARIABLES) is still declared or defaulted;
+* a role variable is documented but not checked by the contract (SETTING_CHECKS), or the other way round;
 * a README has no generated variables table, or a marker names an option that does not exist.
 
 usage: .venv/bin/python scripts/gen-docs.py            write the generated parts (make docs)
@@ -85,6 +86,10 @@ CONTRACT_CHOICES = (
     ((SHARED, "heartbeat", "progress"), "PROGRESS"),
 )
 ALERT_CHANNELS = "agentops_alert_channels"
+# Variables the contract checks with their own code rather than SETTING_CHECKS.
+CHECKED_APART = (SHARED, ALERT_CHANNELS)
+# Variables the contract checks that belong to no role: playbooks/site.yml reads them (documented in prose).
+PLAYBOOK_VARIABLES = ("agentops_auth_check_at_deploy",)
 
 
 class Problems:
@@ -276,6 +281,21 @@ def check_contract(problems, specs, contract):
                          "argument specs with it: update CONTRACT_KEYS there)" % name)
             return None
         return getattr(contract, name)
+
+    checks = constant("SETTING_CHECKS")
+    if checks is not None:
+        declared = {}
+        for role, spec in sorted(specs.items()):
+            main = (((spec or {}).get("argument_specs") or {}).get("main") or {}).get("options") or {}
+            for name in main:
+                declared.setdefault(name, role)
+        for name in sorted(set(checks) - set(declared) - set(PLAYBOOK_VARIABLES)):
+            problems.add("plugins/module_utils/agentops_contract.py", "SETTING_CHECKS checks %s, which no role documents "
+                         "in its meta/argument_specs.yml" % name)
+        for name, role in sorted(declared.items()):
+            if name not in checks and name not in CHECKED_APART:
+                problems.add("roles/%s/meta/argument_specs.yml" % role, "%s is documented but the contract does not "
+                             "check it (add it to SETTING_CHECKS in plugins/module_utils/agentops_contract.py)" % name)
 
     for role, spec in sorted(specs.items()):
         for entry, data in sorted(((spec or {}).get("argument_specs") or {}).items()):

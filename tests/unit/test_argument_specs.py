@@ -379,3 +379,18 @@ def test_two_runs_on_two_copies_write_the_same_bytes(tree, tmp_path_factory):
         twin = str(other / os.path.relpath(path, str(tree)))
         with open(path, "rb") as one, open(twin, "rb") as two:
             assert one.read() == two.read(), path
+
+
+def test_a_documented_variable_the_contract_does_not_check_fails(tree):
+    _edit(tree / "plugins" / "module_utils" / "agentops_contract.py", '"agentops_journald_compress": _bool_problem,', "")
+    rc, _, err = _gen(tree, "--check")
+    assert rc == 1
+    assert "agentops_journald_compress is documented but the contract does not check it" in err
+
+
+def test_a_checked_variable_no_role_documents_fails(tree):
+    _edit(tree / "plugins" / "module_utils" / "agentops_contract.py", '"agentops_journald_compress": _bool_problem,',
+          '"agentops_journald_compress": _bool_problem, "agentops_journald_forgotten": _bool_problem,')
+    rc, _, err = _gen(tree, "--check")
+    assert rc == 1
+    assert "SETTING_CHECKS checks agentops_journald_forgotten, which no role documents" in err
