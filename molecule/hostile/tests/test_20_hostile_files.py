@@ -1,6 +1,7 @@
 """Item 3: the evil agent's user turns AGENTS.md, WORKSTATE.md and its progress file into symlinks to root-only
-files, FIFOs or 64 GiB sparse files; then a --check --diff -vvv converge, audit.yml, the heartbeat, status and a
-real converge run on both hosts at once.
+files, FIFOs or 64 GiB sparse files; then, on both hosts at once, a --check --diff -vvv converge, audit.yml -vvv,
+and the on-host heartbeat, status, rotate --list and check-auth (each layout), and a real converge --diff -vvv
+(symlinks: the layout where following a path would chmod/chown or disclose a root-only file).
 
 Each run finishes within a deadline (a FIFO never blocks, a huge file is never read whole), no secret and no
 /etc/shadow line appears in any output or report, nothing outside the agent's directory changes owner, mode or
