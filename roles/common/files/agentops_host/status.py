@@ -1,4 +1,8 @@
-"""``agentops status``: one table (or ``--json``) for the host.
+"""``agentops status``: one table (``--format table``, the default) or ``--format json|markdown|html`` for the host.
+
+The formatting lives in ``agentops_lib.agentops_status`` (plugins/module_utils/agentops_status.py),
+which ``playbooks/status.yml`` uses for the fleet report too: ``--format markdown|html`` prints the
+report status.yml writes, for this host alone (host column: ``--host`` or this host's name).
 
 JSON: a list with one object per agent: agent, unit, active_state, sub_state, uptime_seconds,
 restarts, last_progress_age_seconds, last_check (epoch of the last heartbeat run), auth (the last
@@ -13,14 +17,19 @@ used is shown as broken (active_state ``broken``, sub_state ``config`` or ``stat
 naming the file and the reason); the other agents are shown as usual.
 """
 import json
+import socket
 import sys
 import time
+
+from agentops_lib import agentops_status
 
 from agentops_host import alert
 from agentops_host import config as hostconfig
 from agentops_host import heartbeat
 from agentops_host import state as statefiles
 from agentops_host import systemd
+
+FORMATS = ("table", "json", "markdown", "html")
 
 
 def _open_alert_view(item):
@@ -128,66 +137,29 @@ def dead_letter(args):
         return None
 
 
-def _age(value):
-    if value is None:
-        return "-"
-    value = int(value)
-    if value < 120:
-        return "%ds" % value
-    if value < 7200:
-        return "%dm" % (value // 60)
-    if value < 172800:
-        return "%dh" % (value // 3600)
-    return "%dd" % (value // 86400)
-
-
-def _auth_text(auth):
-    if not auth:
-        return "-"
-    worst = [str(a.get("status")) if isinstance(a, dict) else "?" for a in auth
-             if not isinstance(a, dict) or a.get("status") != "AUTH_OK"]
-    return worst[0] if worst else "AUTH_OK"
-
-
-def render_table(rows, host_alerts, dead=None):
-    header = ("AGENT", "ACTIVE", "UPTIME", "RESTARTS", "PROGRESS", "AUTH", "NEXT ROTATION", "ALERTS")
-    lines = [header]
-    for row in rows:
-        alerts = ",".join("%s:%s" % (a["severity"], str(a["key"]).split("/", 1)[-1])
-                          for a in row["open_alerts"]) or "-"
-        restarts = "-" if row["restarts"] is None else str(row["restarts"])
-        lines.append((row["agent"], "%s/%s" % (row["active_state"], row["sub_state"]), _age(row["uptime_seconds"]),
-                      restarts, _age(row["last_progress_age_seconds"]), _auth_text(row["auth"]),
-                      str(row["next_rotation"] or "-"), alerts))
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    out = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(line)).rstrip() for line in lines]
-    if not rows:
-        out.append("(no agents configured)")
-    for row in rows:
-        if row.get("error"):
-            out.append("broken agent %s: %s" % (row["agent"], row["error"]))
-    for item in host_alerts:
-        out.append("host alert: %s %s: %s" % (item.get("severity"), item.get("key"), item.get("title")))
-    if dead is not None:
-        out.append("dead-letter alerts: %d%s" % (dead, " (given up on; see the alert spool's dead-letter folder)"
-                                                  if dead else ""))
-    return "\n".join(out) + "\n"
-
-
 def _cmd_status(args):
     rows = collect(args)
     dead = dead_letter(args)
-    if args.json:
+    fmt = "json" if getattr(args, "json", False) else getattr(args, "format", "table")
+    if fmt == "json":
         for row in rows:
             row["dead_letter"] = dead
         sys.stdout.write(json.dumps(rows, indent=2, sort_keys=True) + "\n")
         return 0
+    if fmt in ("markdown", "html"):
+        host = getattr(args, "host", None) or socket.gethostname()
+        sys.stdout.write(agentops_status.fleet_report(agentops_status.agent_rows(host, rows), fmt))
+        return 0
     host_alerts = [a for a in alert.open_alerts(args) if not a.get("agent")]
-    sys.stdout.write(render_table(rows, host_alerts, dead))
+    sys.stdout.write(agentops_status.host_table(rows, host_alerts, dead))
     return 0
 
 
 def add_parser(subparsers):
     parser = subparsers.add_parser("status", help="one table of every agent of the host")
-    parser.add_argument("--json", action="store_true", help="machine-readable output (a list, one object per agent)")
+    parser.add_argument("--format", choices=FORMATS, default="table",
+                        help="table (default), json (one object per agent), or the fleet report's markdown or html")
+    parser.add_argument("--json", action="store_true", help="the same as --format json")
+    parser.add_argument("--host", default=None,
+                        help="the host name shown in the markdown and html reports (default: this host's name)")
     parser.set_defaults(func=_cmd_status)

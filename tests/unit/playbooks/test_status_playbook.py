@@ -1,0 +1,108 @@
+"""playbooks/status.yml, run for real on local hosts whose `agentops status --json` is a script.
+
+Every kind of host in one run: agents, no agents, a failing command, a command printing garbage,
+a file that is not executable, no command at all. The fleet table, the Markdown, HTML and text
+reports, changed=0 and --check are checked.
+"""
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
+AGENTS = [
+    {"agent": "mail|bot", "active_state": "active", "sub_state": "running", "restarts": 3, "uptime_seconds": 50,
+     "last_progress_age_seconds": 7300, "auth": [{"name": "g", "status": "AUTH_OK"}, {"name": "h", "status": "AUTH_EXPIRED"}],
+     "next_rotation": "2026-03-02", "open_alerts": [{"key": "mail|bot/silent", "severity": "critical"}], "error": None},
+    {"agent": "notes<&>", "active_state": "failed", "sub_state": "failed", "restarts": 0, "uptime_seconds": None,
+     "last_progress_age_seconds": None, "auth": None, "next_rotation": None, "open_alerts": [], "error": None},
+]
+SCRIPTS = {
+    "web1": "#!/bin/sh\ncat <<'EOF'\n%s\nEOF\n" % json.dumps(AGENTS),
+    "empty": "#!/bin/sh\necho '[]'\n",
+    "fail": "#!/bin/sh\necho 'first line' >&2\necho 'agentops status: error: it broke' >&2\nexit 3\n",
+    "garbage": "#!/bin/sh\necho nope\n",
+}
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory):
+    base = tmp_path_factory.mktemp("fleet")
+    hosts = {}
+    for name, script in SCRIPTS.items():
+        path = base / (name + ".sh")
+        path.write_text(script)
+        path.chmod(0o755)
+        hosts[name] = {"agentops_status_command": str(path)}
+    (base / "noexec.sh").write_text("x\n")
+    hosts["noexec"] = {"agentops_status_command": str(base / "noexec.sh")}
+    hosts["bare"] = {"agentops_status_command": str(base / "missing")}
+    inventory = {"all": {"vars": {"ansible_connection": "local", "ansible_become": False,
+                                  "ansible_python_interpreter": sys.executable}, "hosts": hosts}}
+    (base / "inventory.json").write_text(json.dumps(inventory))
+    return base
+
+
+def status(fleet, *args):
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(ROOT, ".cache", "collections"),
+               ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_NOCOLOR="1", ANSIBLE_FORKS="6")
+    proc = subprocess.run([os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i",
+                           str(fleet / "inventory.json"), "playbooks/status.yml"] + list(args),
+                          cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          timeout=300, check=False)
+    return proc.returncode, proc.stdout
+
+
+def recap(output):
+    return dict((m.group(1), int(m.group(2))) for m in re.finditer(r"^(\w+)\s+: ok=\d+\s+changed=(\d+)", output, re.M))
+
+
+def test_fleet_table_and_markdown_report(fleet):
+    report = fleet / "fleet.md"
+    rc, output = status(fleet, "-e", "agentops_status_report_path=%s" % report)
+    assert rc == 0, output[-3000:]
+    assert recap(output) == dict((h, 0) for h in ("web1", "empty", "fail", "garbage", "noexec", "bare"))
+    table = output[output.index("TASK [Fleet status]"):output.index("TASK [Write the status report]")]
+    lines = [line.strip().strip('",') for line in table.splitlines()]
+    assert re.search(r"HOST\s+AGENT\s+STATE\s+RESTARTS\s+LAST PROGRESS\s+AUTH\s+NEXT ROTATION\s+OPEN ALERTS", table)
+    assert any(re.match(r"web1\s+mail\|bot\s+active/running\s+3\s+2h\s+AUTH_EXPIRED\s+2026-03-02\s+1 critical:silent$",
+                        line) for line in lines), table
+    assert any(re.match(r"web1\s+notes<&>\s+failed/failed\s+0\s+-\s+-\s+-\s+-$", line) for line in lines), table
+    for host, state in (("empty", "no agents"), ("fail", "error: exit 3: agentops status: error: it broke"),
+                        ("garbage", "error: agentops status --json did not print a JSON list"),
+                        ("noexec", "not provisioned (%s is not executable)" % (fleet / "noexec.sh")),
+                        ("bare", "not provisioned")):
+        assert any(re.match(r"%s\s+-\s+%s\s+-" % (host, re.escape(state)), line) for line in lines), (host, table)
+    assert "6 host(s), 2 agent(s)" in table
+    text = report.read_text()
+    assert text.startswith("<!-- Managed by Ansible (agentops.fleet status.yml)")
+    assert "| web1 | mail\\|bot | active/running | 3 | 2h | AUTH_EXPIRED | 2026-03-02 | 1 critical:silent |" in text
+    assert "| bare | - | not provisioned | - | - | - | - | - |" in text
+
+
+def test_html_and_text_reports_in_check_mode(fleet):
+    html = fleet / "fleet.html"
+    rc, output = status(fleet, "--check", "-e", "agentops_status_report_path=%s" % html)
+    assert rc == 0, output[-3000:]
+    assert set(recap(output).values()) == {0}
+    page = html.read_text()
+    assert page.startswith("<!DOCTYPE html>") and page.count("<tr>") == 8
+    assert "<td>web1</td><td>notes&lt;&amp;&gt;</td><td class=\"bad\">failed/failed</td>" in page
+    text = fleet / "fleet.out"
+    rc, output = status(fleet, "-e", "agentops_status_report_path=%s" % text, "-e", "agentops_status_report_format=text")
+    assert rc == 0, output[-3000:]
+    lines = text.read_text().split("\n")
+    assert lines[0].startswith("agentops fleet status, ") and lines[1] == ""
+    assert lines[2].split()[:3] == ["HOST", "AGENT", "STATE"] and lines[-2] == "6 host(s), 2 agent(s)"
+
+
+def test_unknown_report_format_is_refused(fleet):
+    rc, output = status(fleet, "-e", "agentops_status_report_path=%s" % (fleet / "x.pdf"),
+                        "-e", "agentops_status_report_format=pdf")
+    assert rc != 0
+    assert 'agentops_status_report_format must be markdown, html or text, got \\"pdf\\"' in output \
+        or 'agentops_status_report_format must be markdown, html or text, got "pdf"' in output, output[-2000:]
+    assert not (fleet / "x.pdf").exists()
