@@ -108,7 +108,7 @@ class ActionModule(ActionBase):
             values = {name: self._value(name, task_vars, defaults) for name in sorted(defaults)}
             agents = values.pop("agentops_agents", None)
             parts.append((role, values))
-            if agents is not None and not any(name == "agentops_agents" for name, _ in parts):
+            if agents is not None and not any(part == "agentops_agents" for part, _values in parts):
                 parts.append(("agentops_agents", agents))
         for part, values in parts:
             digest = _digest(part, values)

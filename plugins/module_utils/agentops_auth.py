@@ -86,7 +86,8 @@ MAX_DETAIL = 200  # characters of library/command detail shown in a message
 EXIT_GRACE = 0.5  # seconds the pipes are drained after the command itself exited
 _LINE_BREAK = re.compile(r"[\r\n\x00]")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
+_CONTROL = re.compile(u"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 # Keys a check may carry. "credential" is resolved by the caller (the on-host
 # command reads /etc/agentops/credentials/<agent>/<credential>).
 KNOWN_KEYS = frozenset((
@@ -106,106 +107,143 @@ def check_label(check):
     return "auth check %r" % (name if name else (check.get("type") if isinstance(check, dict) else "?"),)
 
 
-def validate_check(check, token_sources=("token", "token_file", "credential"), token_given=False):
-    """Return a list of error strings (empty when the check is valid).
+def check_problems(check, token_sources=("token", "token_file", "credential"), token_given=False,
+                   known_keys=KNOWN_KEYS, absolute_command=False):
+    """The problems of one auth check as (field, text) pairs ([] when valid): the one validator.
 
-    Each error names the check so a person can find it in the inventory.
-    ``token_sources`` lists the keys that may provide the token (the module has no
-    ``credential``; the on-host command resolves it). ``token_given`` says the caller
-    provides the token itself (``run_check(check, token=...)``).
+    ``field`` is the key a problem is about ("" for the check as a whole). ``token_sources``
+    lists the keys that may provide the token (the module has no ``credential``, the inventory
+    has only ``credential``); ``token_given`` says the caller provides the token itself;
+    ``known_keys`` are the keys accepted at all; ``absolute_command`` requires a command check's
+    command to be an absolute path (the inventory contract does). The controller (plugins/filter/agents.py via
+    agentops_contract), the module and the on-host command all call this function.
     """
     if not isinstance(check, dict):
-        return ["an auth check must be a mapping, got %s" % type(check).__name__]
-    errors = []
-    label = check_label(check)
-    unknown = sorted(k for k in check if k not in KNOWN_KEYS)
-    if unknown:
-        errors.append("%s: unknown key(s) %s (known: %s)" % (label, ", ".join(unknown), ", ".join(sorted(KNOWN_KEYS))))
+        return [("", "an auth check must be a mapping, got %s" % type(check).__name__)]
+    problems = []
+    for key in sorted(str(k) for k in check if k not in known_keys):
+        problems.append((key, "unknown key (known: %s)" % ", ".join(sorted(known_keys))))
     name = check.get("name")
     if not _is_set(name):
-        errors.append("%s: 'name' is required" % label)
+        problems.append(("name", "'name' is required"))
     elif not isinstance(name, str) or not _NAME.match(name):
-        errors.append("%s: 'name' must match %s" % (label, _NAME.pattern))
+        problems.append(("name", "'name' must match %s" % _NAME.pattern))
     ctype = check.get("type")
     if ctype not in CHECK_TYPES:
-        errors.append("%s: unknown type %r (use one of: %s)" % (label, ctype, ", ".join(CHECK_TYPES)))
-        return errors
+        problems.append(("type", "unknown type %r (use one of: %s)" % (ctype, ", ".join(CHECK_TYPES))))
+        return problems
     given = [k for k in ("token", "token_file", "credential") if _is_set(check.get(k))]
     if len(given) > 1:
-        errors.append("%s: set only one of %s, not both (got %s)" % (
-            label, " / ".join(token_sources), " and ".join(given)))
+        problems.append((given[1], "set only one of %s, not both (got %s)" % (
+            " / ".join(token_sources), " and ".join(given))))
     for key in given:
-        if key not in token_sources:
-            errors.append("%s: %r is not supported here (use one of: %s)" % (label, key, ", ".join(token_sources)))
+        if key not in token_sources and key in known_keys:
+            problems.append((key, "%r is not supported here (use one of: %s)" % (key, ", ".join(token_sources))))
     if _is_set(check.get("token_file")) and not os.path.isabs(str(check["token_file"])):
-        errors.append("%s: 'token_file' must be an absolute path, got %r" % (label, check["token_file"]))
+        problems.append(("token_file", "'token_file' must be an absolute path, got %r" % (check["token_file"],)))
 
     if ctype == "http":
         url = check.get("url")
         if not _is_set(url):
-            errors.append("%s: type http needs 'url'" % label)
-        elif not re.match(r"^https?://[^/\s]+", str(url)):
-            errors.append("%s: 'url' must start with http:// or https:// and name a host, got %r" % (label, url))
+            problems.append(("url", "type http needs 'url'"))
+        elif not isinstance(url, str) or not re.match(r"^https?://[^/\s]+", url) or _CONTROL.search(url):
+            problems.append(("url", "'url' must start with http:// or https:// and name a host, one line, got %r"
+                             % (url,)))
         method = str(check.get("method") or "GET").upper()
         if method not in HTTP_METHODS:
-            errors.append("%s: unknown HTTP method %r (use one of: %s)" % (label, check.get("method"), ", ".join(HTTP_METHODS)))
+            problems.append(("method", "unknown HTTP method %r (use one of: %s)"
+                             % (check.get("method"), ", ".join(HTTP_METHODS))))
         headers = check.get("headers")
         if headers is not None and not isinstance(headers, dict):
-            errors.append("%s: 'headers' must be a mapping of header name to value" % label)
+            problems.append(("headers", "'headers' must be a mapping of header name to value"))
         elif headers:
-            errors.extend(header_errors(headers, label))
+            problems.extend(("headers", text) for text in header_errors(headers, "'headers'"))
         try:
             _expected_statuses(check)
         except ValueError as exc:
-            errors.append("%s: %s" % (label, exc))
+            problems.append(("expect_status", str(exc)))
         if _is_set(check.get("password")) and not _is_set(check.get("username")):
-            errors.append("%s: 'password' needs 'username' (basic auth)" % label)
+            problems.append(("password", "'password' needs 'username' (basic auth)"))
         if _is_set(check.get("ca_path")) and not os.path.isabs(str(check["ca_path"])):
-            errors.append("%s: 'ca_path' must be an absolute path, got %r" % (label, check["ca_path"]))
+            problems.append(("ca_path", "'ca_path' must be an absolute path, got %r" % (check["ca_path"],)))
+        body = check.get("body")
+        if body is not None and not isinstance(body, (str, dict, list)):
+            problems.append(("body", "'body' must be text or JSON data (a mapping or a list)"))
     elif ctype == "jwt":
         if not given and not token_given:
-            errors.append("%s: type jwt needs the token (%s)" % (label, " or ".join(token_sources)))
+            problems.append(("credential" if "credential" in token_sources else "token",
+                             "type jwt needs the token (%s)" % " or ".join(token_sources)))
     elif ctype == "command":
         command = check.get("command")
         if not _is_set(command) or (isinstance(command, list) and not command):
-            errors.append("%s: type command needs 'command'" % label)
+            problems.append(("command", "type command needs 'command'"))
         elif isinstance(command, list):
             if not all(isinstance(part, str) for part in command):
-                errors.append("%s: 'command' as a list must hold strings only" % label)
+                problems.append(("command", "'command' as a list must hold strings only"))
+            elif absolute_command and not command[0].startswith("/"):
+                problems.append(("command", "'command' must start with an absolute path"))
         elif not isinstance(command, str):
-            errors.append("%s: 'command' must be a string or a list of strings" % label)
+            problems.append(("command", "'command' must be a string or a list of strings"))
+        elif _CONTROL.search(command):
+            problems.append(("command", "'command' must be one line (no control characters)"))
         else:
             try:
-                shlex.split(command)
+                words = shlex.split(command)
             except ValueError as exc:
-                errors.append("%s: 'command' cannot be parsed: %s" % (label, exc))
+                problems.append(("command", "'command' cannot be parsed: %s" % exc))
+            else:
+                if not words:
+                    problems.append(("command", "type command needs 'command'"))
+                elif absolute_command and not words[0].startswith("/"):
+                    problems.append(("command", "'command' must start with an absolute path"))
     elif ctype == "file":
         path_sources = [k for k in ("path", "token_file", "credential")
                         if _is_set(check.get(k)) and k in tuple(token_sources) + ("path",)]
         if not path_sources:
-            errors.append("%s: type file needs 'path' (or %s)" % (label, " or ".join(s for s in token_sources if s != "token")))
+            problems.append(("path", "type file needs 'path' (or %s)"
+                             % " or ".join(s for s in token_sources if s != "token")))
         if _is_set(check.get("path")) and not os.path.isabs(str(check["path"])):
-            errors.append("%s: 'path' must be an absolute path, got %r" % (label, check["path"]))
+            problems.append(("path", "'path' must be an absolute path, got %r" % (check["path"],)))
         if _is_set(check.get("token")):
-            errors.append("%s: type file checks a file; 'token' makes no sense here" % label)
+            problems.append(("token", "type file checks a file; 'token' makes no sense here"))
 
     if _is_set(check.get("expect_regex")):
         try:
             re.compile(str(check["expect_regex"]))
         except re.error as exc:
-            errors.append("%s: 'expect_regex' is not a valid regular expression: %s" % (label, exc))
+            problems.append(("expect_regex", "'expect_regex' is not a valid regular expression: %s" % exc))
     for key in ("min_valid", "max_age", "timeout"):
         if _is_set(check.get(key)):
+            value = check[key]
             try:
-                seconds = parse_timespan(check[key])
+                if isinstance(value, bool):
+                    raise ValueError("not a time span: %r" % (value,))
+                seconds = parse_timespan(value)
             except ValueError as exc:
-                errors.append("%s: %r is not a time span (e.g. 30s, 7d): %s" % (label, key, exc))
+                problems.append((key, "%r is not a time span (e.g. 30s, 7d): %s" % (key, exc)))
             else:
                 if key == "timeout" and seconds <= 0:
-                    errors.append("%s: 'timeout' must be more than 0" % label)
+                    problems.append((key, "'timeout' must be more than 0"))
     for key in ("validate_certs", "fail_on_expiring"):
         if check.get(key) is not None and not isinstance(check[key], bool):
-            errors.append("%s: %r must be true or false, got %r" % (label, key, check[key]))
+            problems.append((key, "%r must be true or false, got %r" % (key, check[key])))
+    return problems
+
+
+def validate_check(check, token_sources=("token", "token_file", "credential"), token_given=False):
+    """Return a list of error strings (empty when the check is valid), each naming the check.
+
+    The messages of :func:`check_problems` (the one validator), prefixed with the check's label.
+    """
+    problems = check_problems(check, token_sources=token_sources, token_given=token_given)
+    if not isinstance(check, dict):
+        return [text for _field, text in problems]
+    label = check_label(check)
+    errors = []
+    unknown = [field for field, text in problems if text.startswith("unknown key (")]
+    if unknown:
+        errors.append("%s: unknown key(s) %s (known: %s)" % (label, ", ".join(unknown), ", ".join(sorted(KNOWN_KEYS))))
+    errors.extend("%s: %s" % (label, text) for field, text in problems if not text.startswith("unknown key ("))
     return errors
 
 

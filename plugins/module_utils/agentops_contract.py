@@ -26,6 +26,7 @@ __metaclass__ = type
 import re
 import shlex
 
+from . import agentops_auth
 from .agentops_timespan import parse_timespan
 
 # C0 controls (NUL included), DEL, C1 controls, and the Unicode line and paragraph separators.
@@ -451,7 +452,6 @@ NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,39}\Z")
 USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}\Z")
 ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 CRED_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}\Z")
-CHECK_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}\Z")
 HOURS_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)\Z")
 CONTROL_RE = UNSAFE_CHARS_RE
 # Environment variables that the dynamic loader (or glibc) acts on before any program of the
@@ -459,7 +459,6 @@ CONTROL_RE = UNSAFE_CHARS_RE
 LOADER_ENV_RE = re.compile(r"^(LD_[A-Z0-9_]*|GCONV_PATH|GLIBC_TUNABLES|LOCPATH|NLSPATH|HOSTALIASES|MALLOC_[A-Z0-9_]*)\Z")
 HARDENING = ("strict", "standard", "none")
 PROGRESS = ("journal", "file", "command")
-AUTH_TYPES = ("http", "jwt", "command", "file")
 
 AGENT_KEYS = (
     "name", "command", "state", "enabled", "user", "description", "environment", "credentials",
@@ -468,8 +467,10 @@ AGENT_KEYS = (
     "memory_max", "cpu_quota", "tasks_max", "share_user",
 )
 HEARTBEAT_KEYS = ("interval", "max_silence", "progress", "file", "command", "active_hours", "workstate_max_age")
-AUTH_KEYS = ("name", "type", "url", "method", "headers", "credential", "username", "expect_status", "timeout",
-             "validate_certs", "min_valid", "fail_on_expiring", "command", "expect_regex", "path", "max_age")
+# Keys of an inventory auth check: agentops_auth.KNOWN_KEYS without the secret-carrying ones
+# (token, token_file, password): an agent's secrets are its credentials.
+INVENTORY_AUTH_KEYS = frozenset(k for k in agentops_auth.KNOWN_KEYS if k not in ("token", "token_file", "password"))
+AUTH_KEYS = tuple(sorted(INVENTORY_AUTH_KEYS))
 ROTATION_KEYS = ("credential", "every_days", "command", "timeout")
 FAILURE_MODE_KEYS = ("tool", "on_failure")
 
@@ -556,7 +557,15 @@ def _check_heartbeat(errors, where, heartbeat):
         errors.add(where + ".active_hours", "%r is not HH:MM-HH:MM (e.g. 08:00-20:00)" % (hours,))
 
 
+def auth_check_problems(check):
+    """(field, text) problems of one inventory auth check: the verdict of the controller and the host."""
+    return agentops_auth.check_problems(check, token_sources=("credential",), known_keys=INVENTORY_AUTH_KEYS,
+                                        absolute_command=True)
+
+
 def _check_auth(errors, where, checks, credentials):
+    """auth_checks of one agent: agentops_auth.check_problems (the validator the module and the
+    host use too) with the inventory's keys, plus the agent-level rules (credential names, unique names)."""
     if not isinstance(checks, list):
         errors.add(where, "must be a list of auth checks")
         return
@@ -566,48 +575,18 @@ def _check_auth(errors, where, checks, credentials):
         if not isinstance(check, dict):
             errors.add(here, "must be a mapping")
             continue
-        if isinstance(check.get("name"), str):
+        if isinstance(check.get("name"), str) and check["name"]:
             here = "%s[%s]" % (where, check["name"])
-        _unknown(errors, here, check, AUTH_KEYS)
+        for field, text in auth_check_problems(check):
+            errors.add("%s.%s" % (here, field) if field else here, text)
         name = check.get("name")
-        if not (isinstance(name, str) and CHECK_NAME_RE.match(name)):
-            errors.add(here + ".name", "required, letters, digits, '.', '_' or '-' (got %r)" % (name,))
-        elif name in seen:
+        if isinstance(name, str) and name in seen:
             errors.add(here + ".name", "duplicate auth check name %r" % name)
         seen.add(name)
-        kind = check.get("type")
-        if kind not in AUTH_TYPES:
-            errors.add(here + ".type", "%r is not one of %s" % (kind, ", ".join(AUTH_TYPES)))
         cred = check.get("credential")
         if cred is not None and cred not in credentials:
             errors.add(here + ".credential", "%r is not one of the agent's credentials (%s)"
                        % (cred, ", ".join(sorted(credentials)) or "none"))
-        if kind == "http":
-            url = check.get("url")
-            if not (isinstance(url, str) and re.match(r"^https?://[^\s]+\Z", url)):
-                errors.add(here + ".url", "type http needs an http(s) URL (got %r)" % (url,))
-        if kind == "jwt" and cred is None:
-            errors.add(here + ".credential", "type jwt needs the credential that holds the token")
-        if kind == "command" and not _abs_command(check.get("command")):
-            errors.add(here + ".command", "type command needs a command (an absolute path)")
-        if kind == "file" and cred is None and not (_clean_str(check.get("path")) and check["path"].startswith("/")):
-            errors.add(here + ".credential", "type file needs a credential or an absolute path")
-        if "expect_status" in check:
-            statuses = check["expect_status"]
-            statuses = statuses if isinstance(statuses, list) else [statuses]
-            if not statuses or not all(_is_int(s) and 100 <= s <= 599 for s in statuses):
-                errors.add(here + ".expect_status", "%r must be HTTP status codes (100-599)" % (check["expect_status"],))
-        for key in ("min_valid", "max_age"):
-            if key in check and not _is_timespan(check[key]):
-                errors.add("%s.%s" % (here, key), "%r is not a systemd time span" % (check[key],))
-        if "timeout" in check and not (isinstance(check["timeout"], (int, float)) and not isinstance(check["timeout"], bool)
-                                       and check["timeout"] > 0):
-            errors.add(here + ".timeout", "%r must be a number of seconds > 0" % (check["timeout"],))
-        for key in ("validate_certs", "fail_on_expiring"):
-            if key in check and not isinstance(check[key], bool):
-                errors.add("%s.%s" % (here, key), "must be true or false")
-        if "headers" in check and not isinstance(check["headers"], dict):
-            errors.add(here + ".headers", "must be a mapping")
 
 
 def _check_rotation(errors, where, rotations, credentials):
@@ -637,8 +616,12 @@ def _check_rotation(errors, where, rotations, credentials):
                            "(cron expressions such as '*/45' cannot say 'every 45 days')" % (entry["every_days"],))
             elif days < 1:
                 errors.add(here + ".every_days", "%r must be an integer >= 1 (days)" % (entry["every_days"],))
-        if not _abs_command(entry.get("command")):
-            errors.add(here + ".command", "required: the command (an absolute path) that prints the new token")
+        command = entry.get("command")
+        if not (_abs_command(command) or (isinstance(command, list) and command
+                                           and all(isinstance(p, str) and unit_value_problem(p) is None for p in command)
+                                           and command[0].startswith("/"))):
+            errors.add(here + ".command", "required: the command (an absolute path, or a list of words starting "
+                       "with one) that prints the new token")
         if "timeout" in entry:
             seconds = _as_int(entry["timeout"])
             if seconds is None or seconds < 1:
@@ -737,6 +720,28 @@ def _check_agent(errors, agent, index, names):
         errors.add(where + ".cpu_quota", "%r is not a percentage (e.g. 50%%, 200%%)" % (agent["cpu_quota"],))
     if "tasks_max" in agent and (isinstance(agent["tasks_max"], bool) or not TASKS_RE.match(str(agent["tasks_max"]))):
         errors.add(where + ".tasks_max", "%r is not a number of tasks, a percentage or infinity" % (agent["tasks_max"],))
+
+
+def agent_config_errors(config):
+    """Problems of an agent's host configuration (agents.d/<name>.json, written from agents_normalize).
+
+    The host loads every agent file through this function: its heartbeat and token rotation
+    entries get the same verdict on the host as the inventory got on the controller. Auth checks
+    are judged one by one by ``agentops check-auth`` with :func:`auth_check_problems` (a bad check
+    fails and alerts alone, the agent's other checks still run).
+    """
+    errors = _Errors()
+    name = config.get("name") if isinstance(config, dict) else None
+    where = "agentops_agents[%s]" % (name if isinstance(name, str) and NAME_RE.match(name) else "?")
+    if not isinstance(config, dict):
+        return ["%s: the agent file must hold a JSON object" % where]
+    credentials = config.get("credentials") or []
+    credentials = dict((c, True) for c in credentials if isinstance(c, str))
+    if config.get("heartbeat") is not None:
+        _check_heartbeat(errors, where + ".heartbeat", config["heartbeat"])
+    if config.get("token_rotation") is not None:
+        _check_rotation(errors, where + ".token_rotation", config["token_rotation"], credentials)
+    return errors.items
 
 
 def agents_errors(agents):

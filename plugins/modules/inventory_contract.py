@@ -25,7 +25,8 @@ description:
     (fact C(agentops_contract_checked)), so C(site.yml) and each role's C(validate) entry point cost one check.
   - Runs on the controller (action plugin); the only remote call is the read-only user lookup.
 version_added: 0.2.0
-author: agentops.fleet maintainers
+author:
+  - agentops.fleet maintainers (@agentops)
 options:
   roles:
     description:

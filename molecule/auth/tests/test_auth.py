@@ -152,8 +152,8 @@ def test_60_bad_input_is_rejected_before_anything_runs(host, run_playbook):
                  "auth_checks": [dict((k, v) for k, v in base.items() if v is not None)]}]
 
     cases = [
-        ({"agentops_agents": agent(type="ftp")}, ["mailer", "auth_checks", "'ftp' is not one of http, jwt, command, file"]),
-        ({"agentops_agents": agent(url=None)}, ["mailer", "auth_checks", "type http needs an http(s) URL"]),
+        ({"agentops_agents": agent(type="ftp")}, ["agentops_agents[mailer].auth_checks[graph].type", "unknown type 'ftp' (use one of: http, jwt, command, file)"]),
+        ({"agentops_agents": agent(url=None)}, ["agentops_agents[mailer].auth_checks[graph].url", "type http needs 'url'"]),
         ({"agentops_agents": agent(credential="nope")}, ["mailer", "'nope' is not one of the agent's credentials"]),
         ({"agentops_agents": agent(token=ROTATED)}, ["mailer", "auth_checks[graph].token", "unknown key"]),
         ({"agentops_auth_timeout": 0}, ["agentops_auth_timeout: 0 is not a whole number between 1 and 3600"]),

@@ -226,8 +226,11 @@ def test_spool_survives_channel_token_change(tmp_path, recorder):
 def test_python_is_standard_library_only():
     """The host library must import with the standard library alone."""
     import subprocess
-    root = os.path.join(os.path.dirname(__file__), "..", "..", "..", "roles", "common", "files")
-    code = "import sys; sys.path.insert(0, %r); import agentops_host.alert, agentops_host.state" % root
+    top = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
+    root = os.path.join(top, "roles", "common", "files")
+    hostlib = os.path.join(top, ".cache", "hostlib")   # plugins/module_utils as agentops_lib, as on a host
+    code = ("import sys; sys.path[:0] = [%r, %r]; import agentops_host.alert, agentops_host.state, "
+            "agentops_host.config, agentops_lib.agentops_contract" % (root, hostlib))
     proc = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
 

@@ -128,7 +128,7 @@ def test_silence_outside_active_hours_is_not_alerted(tmp_path, recorder, units):
 def test_crash_loop_alerts_on_rising_nrestarts(tmp_path, recorder, units):
     args = make_args(tmp_path)
     write_config(args, [webhook_channel(recorder)])
-    agent = add_agent(args, "loop", max_silence=None)
+    agent = add_agent(args, "loop", max_silence="1h")
     units(agent["unit"], restarts=0)
     assert run_heartbeat(args) == 0                  # baseline
     units(agent["unit"], active="activating", sub="auto-restart", restarts=3)
@@ -150,7 +150,7 @@ def test_crash_loop_alerts_on_rising_nrestarts(tmp_path, recorder, units):
 def test_failed_and_stopped_agents_alert_down(tmp_path, recorder, units):
     args = make_args(tmp_path)
     write_config(args, [webhook_channel(recorder)])
-    agent = add_agent(args, "gone", max_silence=None)
+    agent = add_agent(args, "gone", max_silence="1h")
     units(agent["unit"], active="inactive", sub="dead")
     assert run_heartbeat(args) == 0
     units(agent["unit"], active="failed", sub="failed", result="start-limit-hit")
@@ -190,7 +190,7 @@ def test_disk_threshold_alert(tmp_path, recorder, units):
 def test_removed_agent_alerts_are_resolved(tmp_path, recorder, units):
     args = make_args(tmp_path)
     write_config(args, [webhook_channel(recorder)])
-    agent = add_agent(args, "old", max_silence=None)
+    agent = add_agent(args, "old", max_silence="1h")
     units(agent["unit"], active="failed", sub="failed")
     assert run_heartbeat(args) == 0
     os.unlink(os.path.join(args.config_dir, "agents.d", "old.json"))
@@ -297,7 +297,7 @@ def test_fifo_progress_file_and_workstate_never_block(tmp_path, recorder, units,
 def test_symlinked_workstate_is_not_a_checkpoint(tmp_path, recorder, units, capsys):
     args = make_args(tmp_path)
     write_config(args, [webhook_channel(recorder)])
-    agent = hostile_agent(args, "ws", max_silence=None, workstate_max_age="60s")
+    agent = hostile_agent(args, "ws", max_silence="1h", workstate_max_age="60s")
     units(agent["unit"], started_ago=600)
     fresh = tmp_path / "fresh-elsewhere"
     touch(str(fresh), ago=0)

@@ -162,12 +162,12 @@ def test_broken_agent_file_affects_only_that_agent(host, capsys, kind, content, 
 
 
 @pytest.mark.parametrize("entry,reason", [
-    ({"credential": 5, "command": "/bin/true"}, "credential must be a credential name"),
-    ({"credential": "../../../etc/shadow", "command": "/bin/true"}, "credential must be a credential name"),
-    ({"credential": "api_token", "command": {"argv": "/bin/true"}}, "command must be a string or a list"),
-    ({"credential": "api_token", "command": ["/bin/true", 3]}, "must hold strings only"),
-    ({"credential": "api_token", "command": "/bin/true", "timeout": "soon"}, "timeout must be a number"),
-    ("not-a-mapping", "needs 'credential' and 'command'"),
+    ({"credential": 5, "command": "/bin/true"}, "5 is not one of the agent's credentials"),
+    ({"credential": "../../../etc/shadow", "command": "/bin/true"}, "is not one of the agent's credentials"),
+    ({"credential": "api_token", "command": {"argv": "/bin/true"}}, "required: the command"),
+    ({"credential": "api_token", "command": ["/bin/true", 3]}, "required: the command"),
+    ({"credential": "api_token", "command": "/bin/true", "timeout": "soon"}, "must be a whole number of seconds"),
+    ("not-a-mapping", "must be a mapping with the keys credential"),
 ])
 def test_token_rotation_entry_of_the_wrong_type_affects_only_that_agent(host, capsys, entry, reason):
     host.add("bad", token_rotation=[entry])
@@ -185,7 +185,9 @@ def test_token_rotation_entry_of_the_wrong_type_affects_only_that_agent(host, ca
     with open(os.path.join(host.config_dir, "credentials", "bad", "api_token"), encoding="utf-8") as handle:
         assert handle.read().strip() == TOKEN  # nothing of the broken agent was touched
     assert not os.path.exists("/etc/shadow.prev")
-    assert _cli(host, capsys, "check-auth", "bad")[0] == 0  # its auth checks themselves are fine
+    # the broken file is the agent's whole configuration: its session does not start on it either
+    rc, _, err = _cli(host, capsys, "check-auth", "bad")
+    assert rc == 1 and reason in err
 
 
 STATE_FILES = [

@@ -465,7 +465,8 @@ def test_next_due_is_the_earliest_of_the_agents_credentials(env):
     other.write_text("x")
     env.write_agent(rotation=[
         {"credential": "api_token", "every_days": 45, "command": "/bin/true"},
-        {"credential": "second", "every_days": 10, "command": "/bin/true"}])
+        {"credential": "second", "every_days": 10, "command": "/bin/true"}],
+        extra={"credentials": ["api_token", "second"]})
     env.age(1)
     env.age(5, other)
     expected = time.strftime("%Y-%m-%d", time.localtime(other.stat().st_mtime + 10 * DAY))

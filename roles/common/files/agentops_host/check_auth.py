@@ -28,6 +28,7 @@ import sys
 from agentops_host import config
 from agentops_host import state
 from agentops_lib import agentops_auth
+from agentops_lib import agentops_contract
 
 AUTH_OK = agentops_auth.AUTH_OK
 AUTH_EXPIRING = agentops_auth.AUTH_EXPIRING
@@ -101,9 +102,14 @@ def check_agent(args, agent, overrides=None, only_credential=None):
             continue
         secrets = list(overrides.values())
         try:
-            check, token, error = _resolve(agent, raw, overrides)
+            # The inventory contract's verdict on this check (the one the controller gave at deploy).
+            problems = agentops_contract.auth_check_problems(raw)
+            check, token, error = (None, None, None) if problems else _resolve(agent, raw, overrides)
             secrets.append(token)
-            if error:
+            if problems:
+                result = _failed(raw, "the check is invalid: %s" % "; ".join(
+                    "%s: %s" % (field, text) if field else text for field, text in problems))
+            elif error:
                 result = _failed(raw, error)
             elif token is not None and agentops_auth.has_line_break(token):
                 result = _failed(raw, "credential %r contains a line break (CR/LF) or NUL character inside its value "

@@ -14,6 +14,8 @@ import json
 import os
 import stat
 
+from agentops_lib import agentops_contract
+
 MAX_JSON_BYTES = 1024 * 1024
 MAX_CREDENTIAL_BYTES = 1024 * 1024
 
@@ -182,6 +184,9 @@ def load_agent(config_dir, name):
     if data is None:
         raise ConfigError("unknown agent %r (no %s/agents.d/%s.json)" % (name, config_dir, name))
     check_agent(data, path, name)
+    problems = agentops_contract.agent_config_errors(dict(data, name=data.get("name") or name))
+    if problems:
+        raise ConfigError("%s: %s" % (path, "; ".join(problems)))
     data.setdefault("name", name)
     data.setdefault("unit", "agentops-%s.service" % name)
     data.setdefault("credentials_dir", os.path.join(config_dir, "credentials", name))
