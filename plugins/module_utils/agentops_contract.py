@@ -452,7 +452,7 @@ NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,39}\Z")
 USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}\Z")
 ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 CRED_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}\Z")
-HOURS_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)\Z")
+HOURS_RE = re.compile(r"^([01][0-9]|2[0-3]):([0-5][0-9])-([01][0-9]|2[0-3]):([0-5][0-9])\Z")
 CONTROL_RE = UNSAFE_CHARS_RE
 # Environment variables that the dynamic loader (or glibc) acts on before any program of the
 # unit runs: the root helper of ExecStartPre=+ would load the agent's code with them.
@@ -487,7 +487,7 @@ def _as_int(value):
     """int for ints and digit strings, else None (booleans are not numbers)."""
     if _is_int(value):
         return value
-    if isinstance(value, str) and re.match(r"^\d+\Z", value.strip()):
+    if isinstance(value, str) and re.match(r"^[0-9]+\Z", value.strip(" ")):
         return int(value.strip())
     return None
 
