@@ -85,7 +85,8 @@ MAX_TOKEN_FILE = 1024 * 1024
 MAX_DETAIL = 200  # characters of library/command detail shown in a message
 EXIT_GRACE = 0.5  # seconds the pipes are drained after the command itself exited
 _LINE_BREAK = re.compile(r"[\r\n\x00]")
-_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP header name (RFC 9110 token)
+_HEADER_NAME = HEADER_NAME_RE
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 _CONTROL = re.compile(u"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 # Keys a check may carry. "credential" is resolved by the caller (the on-host

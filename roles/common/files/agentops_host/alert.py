@@ -80,6 +80,7 @@ import uuid
 from agentops_host import config as hostconfig
 from agentops_host import state
 from agentops_host import systemd
+from agentops_lib import agentops_auth
 
 SEVERITIES = ("critical", "warning", "info", "resolved")
 RANK = {"info": 0, "warning": 1, "critical": 2}
@@ -116,7 +117,7 @@ _SECRETS = set()
 _SECRETS_SORTED = []
 _RNG = random.Random()
 _LOCAL = threading.local()
-_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_HEADER_NAME = agentops_auth.HEADER_NAME_RE
 _UNSAFE_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _UNSAFE_URL = re.compile(r"[^\x21-\x7e]")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
@@ -852,7 +853,7 @@ def send_command(channel, msg, timeout, max_wait=MAX_INLINE_RETRY_AFTER, sleep=t
         raise DeliveryError("command channel: the command line does not parse") from None
     if not argv or not os.path.isabs(argv[0]):
         raise DeliveryError("command channel needs an absolute command")
-    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+    env = {"PATH": agentops_auth.SAFE_PATH, "LANG": "C.UTF-8"}
     for field in ("host", "agent", "unit", "severity", "key", "title", "since", "fingerprint"):
         env["AGENTOPS_ALERT_" + field.upper()] = _CONTROL.sub(" ", str(msg.get(field) or ""))
     data = plain_text(msg).encode("utf-8", "replace")

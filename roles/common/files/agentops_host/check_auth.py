@@ -140,8 +140,7 @@ def state_path(args, agent_name):
 
 def record(args, agent, results):
     """Keep the last results of an agent in <state_dir>/.auth/<agent>.json (0600; messages, never tokens)."""
-    directory = os.path.join(args.state_dir, ".auth")
-    os.makedirs(directory, mode=0o700, exist_ok=True)
+    directory = state.ensure_dir(os.path.join(args.state_dir, ".auth"))
     os.chmod(directory, 0o700)
     data = {
         "agent": agent["name"],
@@ -150,15 +149,7 @@ def record(args, agent, results):
         "results": results,
     }
     path = state_path(args, agent["name"])
-    tmp = os.path.join(directory, ".%s.json.tmp" % agent["name"])
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        os.fchmod(handle.fileno(), 0o600)
-        json.dump(data, handle, sort_keys=True, indent=1)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    state.write_json(path, data)
     return path
 
 
@@ -181,16 +172,6 @@ def load_result(args, agent_name):
     return data
 
 
-def _alert_module():
-    try:
-        from agentops_host import alert  # pylint: disable=import-outside-toplevel
-    except ImportError:
-        return None
-    if not hasattr(alert, "emit"):
-        return None
-    return alert
-
-
 def alert_key(agent_name, check_name):
     """The alert key of one check; the heartbeat raises and resolves the same key."""
     return "auth:%s:%s" % (agent_name, check_name)
@@ -201,18 +182,15 @@ def raise_alerts(args, agent, results):
 
     Returns a list of problems met while alerting (the checks' outcome stands regardless).
     """
-    alert = _alert_module()
-    if alert is None:
-        return []
+    from agentops_host import alert  # pylint: disable=import-outside-toplevel  (alert imports check_auth's peers)
     problems = []
     unit = agent.get("unit") or "agentops-%s.service" % agent["name"]
     for result in results:
         key = alert_key(agent["name"], result["name"])
         try:
             if result["passed"]:
-                if hasattr(alert, "resolve"):
-                    alert.resolve(args, key=key, title="%s: auth check %s passes again" % (agent["name"], result["name"]),
-                                  body=result["message"], agent=agent["name"], unit=unit)
+                alert.resolve(args, key=key, title="%s: auth check %s passes again" % (agent["name"], result["name"]),
+                              body=result["message"], agent=agent["name"], unit=unit)
             else:
                 alert.emit(args, "critical", key=key,
                            title="%s: auth check %s %s" % (agent["name"], result["name"], result["status"]),

@@ -11,9 +11,9 @@ import os
 import pwd
 import sys
 
+from agentops_lib.agentops_auth import SAFE_PATH
 from agentops_lib.agentops_contract import PATHS
 
-SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Sub-commands that keep the caller's environment (they run as the agent user and exec the
 # agent itself); every other sub-command runs with the fixed environment below.
 KEEP_ENVIRONMENT = frozenset()

@@ -23,16 +23,17 @@ every agent in ``agents.d``:
 Every condition that clears sends exactly one ``resolved`` (see alert.resolve).
 """
 import datetime
-import importlib
 import os
 import pwd
-import subprocess
 import time
 
 from agentops_host import alert
+from agentops_host import check_auth as checkauth
 from agentops_host import config as hostconfig
+from agentops_host import rotate
 from agentops_host import state
 from agentops_host import systemd
+from agentops_lib import agentops_auth
 from agentops_lib import agentops_safefile as safefile
 
 try:
@@ -47,19 +48,6 @@ DEFAULT_MAX_SILENCE = 30 * 60.0
 # agentops_heartbeat_disk_threshold_percent's default; the heartbeat unit passes --disk-threshold.
 DEFAULT_DISK_THRESHOLD = 90.0
 COMMAND_TIMEOUT_MAX = 60.0
-AUTH_OK = "AUTH_OK"
-AUTH_EXPIRING = "AUTH_EXPIRING"
-AUTH_FAILED = "AUTH_FAILED"
-AUTH_UNREACHABLE = "AUTH_UNREACHABLE"
-
-
-def _optional(module, function):
-    """``agentops_host.<module>.<function>`` when that module is installed, else None."""
-    try:
-        mod = importlib.import_module("agentops_host." + module)
-    except ImportError:
-        return None
-    return getattr(mod, function, None)
 
 
 def seconds(value, default=None):
@@ -156,13 +144,17 @@ def _note_unsafe(agent, hbstate, what, problem):
 
 
 def run_poll_command(agent, command, timeout):
-    """Run the agent's poll command as the agent user; True when it exits 0."""
+    """Run the agent's poll command as the agent user; True when it exits 0.
+
+    Through agentops_auth.run_bounded: one deadline that also covers the pipes (a child that
+    escapes with setsid cannot hold the heartbeat), bounded output, a fixed environment, and
+    the agent's state directory as the working directory.
+    """
     import shlex
     argv = shlex.split(command)
     kwargs = {}
     user = agent.get("user")
-    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
-           "AGENTOPS_AGENT": agent["name"]}
+    env = {"PATH": agentops_auth.SAFE_PATH, "LANG": "C.UTF-8", "AGENTOPS_AGENT": agent["name"]}
     if user and os.geteuid() == 0:
         try:
             entry = pwd.getpwnam(user)
@@ -173,18 +165,21 @@ def run_poll_command(agent, command, timeout):
         env.update(HOME=entry.pw_dir, USER=user, LOGNAME=user)
     cwd = agent.get("state_dir")
     try:
-        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              timeout=timeout, env=env, cwd=cwd if cwd and os.path.isdir(cwd) else "/",
-                              check=False, **kwargs)
-    except subprocess.TimeoutExpired:
+        result = agentops_auth.run_bounded(argv, timeout=timeout, env=env,
+                                           cwd=cwd if cwd and os.path.isdir(cwd) else "/", stdout_limit=65536,
+                                           **kwargs)
+    except OSError as exc:
+        alert.log("heartbeat %s: poll command could not run: %s" % (agent["name"], exc.strerror or exc))
+        return False
+    if result["timed_out"]:
         alert.log("heartbeat %s: poll command timed out after %ss" % (agent["name"], timeout))
         return False
-    except OSError as exc:
-        alert.log("heartbeat %s: poll command could not run: %s" % (agent["name"], exc.strerror))
+    if result["stdout_overflow"]:
+        alert.log("heartbeat %s: poll command printed more than 64 KiB: stopped" % agent["name"])
         return False
-    if proc.returncode != 0:
-        alert.log("heartbeat %s: poll command exited %d" % (agent["name"], proc.returncode))
-    return proc.returncode == 0
+    if result["returncode"] != 0:
+        alert.log("heartbeat %s: poll command exited %s" % (agent["name"], result["returncode"]))
+    return result["returncode"] == 0
 
 
 def last_progress(agent, props, hbstate, now=None, run_command=False):
@@ -335,47 +330,27 @@ class Checker:
             self._resolve(key, title="%s: WORKSTATE.md updated again" % name, agent=name, unit=unit)
 
     def check_auth(self, agent, hbstate, now):
-        """The same checks (and alert keys) as ``agentops check-auth``, when that module is installed."""
-        try:
-            check_auth = importlib.import_module("agentops_host.check_auth")
-        except ImportError:
+        """The same checks (and alert keys) as ``agentops check-auth``."""
+        if not agent.get("auth_checks"):
             return
-        if not agent.get("auth_checks") or not hasattr(check_auth, "check_agent"):
-            return
-        name, unit = agent["name"], agent["unit"]
+        name = agent["name"]
         try:
-            results = check_auth.check_agent(self.args, agent) or []
-            if hasattr(check_auth, "record"):
-                check_auth.record(self.args, agent, results)
+            results = checkauth.check_agent(self.args, agent) or []
+            checkauth.record(self.args, agent, results)
         except Exception as exc:  # pylint: disable=broad-except
             alert.log("heartbeat %s: auth checks could not run: %s" % (name, alert.scrub(exc)))
             self.errors += 1
             return
         hbstate["auth"] = [{"name": r.get("name"), "status": str(r.get("status")),
                             "message": alert.scrub(r.get("message", "")), "time": now} for r in results]
-        if hasattr(check_auth, "raise_alerts"):
-            for problem in check_auth.raise_alerts(self.args, agent, results) or []:
-                alert.log("heartbeat %s: %s" % (name, problem))
-                self.errors += 1
-            return
-        for index, result in enumerate(results):
-            check = result.get("name") or str(index)
-            status = str(result.get("status", AUTH_UNREACHABLE))
-            key = "auth:%s:%s" % (name, check)
-            if status == AUTH_OK:
-                self._resolve(key, title="%s: auth check %s passes again" % (name, check), agent=name, unit=unit)
-            else:
-                self._emit("critical" if status == AUTH_FAILED else "warning", key,
-                           "%s: auth check %s: %s" % (name, check, status),
-                           alert.scrub(result.get("message", "")), agent=name, unit=unit)
+        for problem in checkauth.raise_alerts(self.args, agent, results) or []:
+            alert.log("heartbeat %s: %s" % (name, problem))
+            self.errors += 1
 
     def check_rotation(self, agent, hbstate):
-        overdue = _optional("rotate", "overdue")
-        if overdue is None:
-            return
         name, unit = agent["name"], agent["unit"]
         try:
-            found = list(overdue(self.args, agent) or [])
+            found = list(rotate.overdue(self.args, agent) or [])
         except Exception as exc:  # pylint: disable=broad-except
             alert.log("heartbeat %s: rotation check could not run: %s" % (name, exc))
             self.errors += 1

@@ -50,7 +50,6 @@ import fcntl
 import json
 import os
 import pwd
-import re
 import shlex
 import subprocess
 import sys
@@ -59,17 +58,18 @@ import time
 from agentops_host import config
 from agentops_host import state as statefiles
 from agentops_lib import agentops_auth
+from agentops_lib import agentops_contract
 
 DAY = 86400
 # Command used to restart agents; the unit tests point it at a recording stand-in.
 SYSTEMCTL = "systemctl"
-SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+SAFE_PATH = agentops_auth.SAFE_PATH
 MAX_OUTPUT = 64 * 1024
 STDERR_TAIL = 8 * 1024
 EXIT_LOCKED = 75  # EX_TEMPFAIL: another rotation holds the lock
 
 
-_CREDENTIAL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}\Z")  # as the agents role validates it
+_CREDENTIAL_NAME = agentops_contract.CRED_RE  # the contract's rule for credential names
 
 
 class RotationError(Exception):
@@ -153,21 +153,10 @@ def _makedirs(path):
     os.makedirs(path, mode=0o700, exist_ok=True)
 
 
-def save_state(args, agent_name, credential, state):
-    directory = os.path.join(rotation_dir(args), agent_name)
+def save_state(args, agent_name, credential, data):
     _makedirs(rotation_dir(args))
-    _makedirs(directory)
-    path = _state_path(args, agent_name, credential)
-    tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, (json.dumps(state, indent=2, sort_keys=True) + "\n").encode("utf-8"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    _fsync_dir(directory)
+    _makedirs(os.path.join(rotation_dir(args), agent_name))
+    statefiles.write_json(_state_path(args, agent_name, credential), data)
 
 
 def _cred_path(agent, credential):

@@ -26,6 +26,7 @@ from agentops_lib import agentops_status
 from agentops_host import alert
 from agentops_host import config as hostconfig
 from agentops_host import heartbeat
+from agentops_host import rotate
 from agentops_host import state as statefiles
 from agentops_host import systemd
 
@@ -60,16 +61,14 @@ def agent_status(args, agent, now=None):
     props = systemd.show(agent["unit"])
     hbstate = statefiles.load_object(heartbeat.state_path(args, name))
     seen = heartbeat.last_progress(agent, props, hbstate, now=now) if props.get("ActiveState") == "active" else None
-    next_due = heartbeat._optional("rotate", "next_due")
     next_rotation, error = None, None
-    if next_due is not None:
-        try:
-            next_rotation = next_due(args, agent)
-        except hostconfig.ConfigError as exc:  # token_rotation entries of the wrong type: this agent's file
-            next_rotation = "error"
-            error = "%s: %s" % (hostconfig.agent_path(args.config_dir, name), alert.scrub(exc))
-        except Exception as exc:  # pylint: disable=broad-except
-            next_rotation = "error: %s" % alert.scrub(exc)
+    try:
+        next_rotation = rotate.next_due(args, agent)
+    except hostconfig.ConfigError as exc:  # token_rotation entries of the wrong type: this agent's file
+        next_rotation = "error"
+        error = "%s: %s" % (hostconfig.agent_path(args.config_dir, name), alert.scrub(exc))
+    except Exception as exc:  # pylint: disable=broad-except
+        next_rotation = "error: %s" % alert.scrub(exc)
     uptime = systemd.uptime_seconds(props)
     return {
         "agent": name,
