@@ -19,9 +19,8 @@ import os
 from ansible.errors import AnsibleFilterError
 
 from ansible_collections.agentops.fleet.plugins.module_utils.agentops_systemd import parse_show
-from ansible_collections.agentops.fleet.plugins.module_utils.agentops_contract import (  # noqa: F401 (re-exported)
-    AGENT_KEYS, HEARTBEAT_DEFAULTS, HEARTBEAT_KEYS, agents_errors, agents_normalize, agents_user_errors,
-    heartbeat_tick, settings_errors, timespan_seconds)
+from ansible_collections.agentops.fleet.plugins.module_utils.agentops_contract import (
+    agents_errors, agents_normalize, agents_user_errors, heartbeat_tick, settings_errors, timespan_seconds)
 from ansible_collections.agentops.fleet.plugins.module_utils import agentops_status
 
 try:
