@@ -309,3 +309,19 @@ def test_symlinked_workstate_is_not_a_checkpoint(tmp_path, recorder, units, caps
     touch(os.path.join(agent["state_dir"], "WORKSTATE.md"), ago=0)
     assert run_heartbeat(args, force=True) == 0
     assert [(b["key"], b["severity"]) for b in recorder.bodies()][1:] == [("ws/workstate", "resolved")]
+
+
+def test_poll_command_is_bounded_in_output_and_time():
+    """progress: command runs through the bounded runner: a flood or an escaped child cannot hold the heartbeat."""
+    import time as _time
+    agent = {"name": "poller", "user": None, "state_dir": "/"}
+    started = _time.monotonic()
+    assert heartbeat.run_poll_command(agent, "/usr/bin/yes flood", 5) is False        # more than 64 KiB: stopped
+    assert _time.monotonic() - started < 4
+    started = _time.monotonic()
+    # exits at once but leaves a setsid child holding stdout for 30 s
+    assert heartbeat.run_poll_command(agent, "/bin/sh -c 'setsid sleep 30 & exit 0'", 5) is True
+    assert _time.monotonic() - started < 4
+    started = _time.monotonic()
+    assert heartbeat.run_poll_command(agent, "/bin/sleep 30", 1) is False
+    assert _time.monotonic() - started < 3
