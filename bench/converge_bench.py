@@ -6,15 +6,20 @@ Molecule platforms in .config/molecule/config.yml), converges the agents role wi
 agents over the docker connection (community.docker.docker), times the first run and the
 idempotent second run, prints a table and removes its containers.
 
-  bench/converge_bench.py --agents 1,10,50 --hosts 1     # cost per added agent
-  bench/converge_bench.py --agents 1 --hosts 1,2,4       # cost per added host
+  bench/converge_bench.py --agents 1,50,200 --hosts 1 --repeat 2   # cost per added agent
+  bench/converge_bench.py --agents 1 --hosts 1,2,4                 # cost per added host
 
-Not a test: nothing is asserted, figures depend on the machine and its load.
+Per-task times come from the ansible.posix.json callback: the validation column is the time of
+the agentops.fleet.inventory_contract task (the inventory contract, with its read of the host's
+users), its share is of the whole run. --pipelining runs with ANSIBLE_PIPELINING=1, as a
+production run over SSH with the checkout's ansible.cfg ([ssh_connection] pipelining) does.
+
+Not a test: nothing is asserted, figures depend on the machine and its load (printed with them).
 """
 import argparse
+import datetime
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -96,49 +101,80 @@ def environment():
     env.setdefault("ANSIBLE_COLLECTIONS_PATH", os.path.join(ROOT, ".cache", "collections"))
     env.setdefault("ANSIBLE_CONFIG", os.path.join(ROOT, "ansible.cfg"))
     env["ANSIBLE_NOCOLOR"] = "1"
-    # per-task times, to tell the agents role's own share from the common role and the machine's load
-    env["ANSIBLE_CALLBACKS_ENABLED"] = "ansible.posix.profile_tasks"
-    env["PROFILE_TASKS_TASK_OUTPUT_LIMIT"] = "all"
+    # per-task times and the actions that ran (JSON on stdout): the validation's share of a run
+    env["ANSIBLE_STDOUT_CALLBACK"] = "ansible.posix.json"
     env["ANSIBLE_FORKS"] = "20"
     return env
+
+
+VALIDATION_ACTION = "agentops.fleet.inventory_contract"
+
+
+def _stamp(value):
+    return datetime.datetime.strptime(value.rstrip("Z"), "%Y-%m-%dT%H:%M:%S.%f")
+
+
+def task_times(report):
+    """[(task name, seconds, actions)] of an ansible.posix.json report."""
+    out = []
+    for play in report.get("plays", []):
+        for task in play.get("tasks", []):
+            duration = task["task"].get("duration") or {}
+            if "start" not in duration or "end" not in duration:
+                continue
+            seconds = (_stamp(duration["end"]) - _stamp(duration["start"])).total_seconds()
+            actions = set(result.get("action") for result in task.get("hosts", {}).values())
+            out.append((task["task"]["name"], seconds, actions))
+    return out
 
 
 def converge(inventory, env, logfile):
     started = time.monotonic()
     proc = subprocess.run(["ansible-playbook", "-i", inventory, PLAYBOOK], stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, env=env, check=False)
+                          stderr=subprocess.PIPE, text=True, env=env, check=False)
     elapsed = time.monotonic() - started
     with open(logfile, "a", encoding="utf-8") as handle:
+        handle.write(proc.stderr)
         handle.write(proc.stdout)
     if proc.returncode != 0:
         raise RuntimeError("ansible-playbook failed (rc %d), see %s:\n%s" % (proc.returncode, logfile,
-                                                                            proc.stdout[-3000:]))
-    changed = sum(int(part.split("=")[1]) for line in proc.stdout.splitlines() if " : ok=" in line
-                  for part in line.split() if part.startswith("changed="))
-    role = sum(float(m.group(1)) for m in re.finditer(r"^agentops\.fleet\.agents : .*?-+ (\d+\.\d+)s$",
-                                                       proc.stdout, re.M))
-    return elapsed, changed, role
+                                                                            (proc.stderr + proc.stdout)[-3000:]))
+    report = json.loads(proc.stdout[proc.stdout.index("{"):])
+    changed = sum(stats.get("changed", 0) for stats in report.get("stats", {}).values())
+    times = task_times(report)
+    validation = sum(seconds for _name, seconds, actions in times if VALIDATION_ACTION in actions)
+    return {"seconds": elapsed, "changed": changed, "validation": validation, "tasks": len(times)}
 
 
-def measure(agents, hosts, image, env, workdir):
+def measure(agents, hosts, image, env, workdir, repeat):
     names = ["%s%d" % (PREFIX, i + 1) for i in range(hosts)]
-    logfile = os.path.join(workdir, "a%d-h%d.log" % (agents, hosts))
-    log("== %d agent(s) on %d host(s): creating containers" % (agents, hosts))
+    logfile = os.path.join(workdir, "a%d-h%d-r%d.log" % (agents, hosts, repeat))
+    log("== %d agent(s) on %d host(s), run %d: creating containers (load %s)" % (
+        agents, hosts, repeat, load_average()))
     try:
         create(names, image)
         inventory = write_inventory(workdir, names, generated_agents(agents))
         log("   first run ...")
-        first, changed_first, role_first = converge(inventory, env, logfile)
+        first = converge(inventory, env, logfile)
         log("   second run ...")
-        second, changed_second, role_second = converge(inventory, env, logfile)
+        second = converge(inventory, env, logfile)
         log("   one run of agentops heartbeat ...")
         heartbeat_cpu, heartbeat_wall = heartbeat_cost(names[0])
     finally:
         destroy(names)
-    return {"agents": agents, "hosts": hosts, "first": first, "second": second,
-            "changed_first": changed_first, "changed_second": changed_second,
-            "role_first": role_first, "role_second": role_second,
+    return {"agents": agents, "hosts": hosts, "repeat": repeat, "load": load_average(),
+            "first": first["seconds"], "second": second["seconds"],
+            "changed_first": first["changed"], "changed_second": second["changed"],
+            "validation_first": first["validation"], "validation_second": second["validation"],
+            "tasks_second": second["tasks"],
             "heartbeat_cpu": heartbeat_cpu, "heartbeat_wall": heartbeat_wall}
+
+
+def load_average():
+    try:
+        return "%.2f" % os.getloadavg()[0]
+    except OSError:
+        return "?"
 
 
 HEARTBEAT_PROBE = (
@@ -156,21 +192,27 @@ def heartbeat_cost(name):
 
 
 def table(rows, per):
-    lines = ["| agents | hosts | first run (s) | second run (s) | agents role tasks, 1st / 2nd (s) | changed on 2nd run |"
-             " heartbeat CPU / wall (s) |",
-             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| agents | hosts | run | first run (s) | second run (s) | validation 1st / 2nd (s) |"
+             " validation share 1st / 2nd | tasks (2nd) | changed on 2nd run | heartbeat CPU / wall (s) | load |",
+             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for row in rows:
-        lines.append("| %d | %d | %.1f | %.1f | %.1f / %.1f | %d | %.2f / %.2f |" % (
-            row["agents"], row["hosts"], row["first"], row["second"], row["role_first"], row["role_second"],
-            row["changed_second"], row["heartbeat_cpu"], row["heartbeat_wall"]))
-    if len(rows) > 1:
-        a, b = rows[0], rows[-1]
+        lines.append("| %d | %d | %d | %.1f | %.1f | %.2f / %.2f | %.0f%% / %.0f%% | %d | %d | %.2f / %.2f | %s |" % (
+            row["agents"], row["hosts"], row["repeat"], row["first"], row["second"], row["validation_first"],
+            row["validation_second"], 100.0 * row["validation_first"] / row["first"],
+            100.0 * row["validation_second"] / row["second"], row["tasks_second"], row["changed_second"],
+            row["heartbeat_cpu"], row["heartbeat_wall"], row["load"]))
+    best = {}
+    for row in rows:
+        key = row[per]
+        if key not in best or row["second"] < best[key]["second"]:
+            best[key] = row
+    if len(best) > 1:
+        a, b = best[min(best)], best[max(best)]
         steps = b[per] - a[per]
-        if steps:
-            lines.append("")
-            lines.append("seconds per added %s: first run %.2f, second run %.2f (from %d to %d)" % (
-                "agent" if per == "agents" else "host", (b["first"] - a["first"]) / steps,
-                (b["second"] - a["second"]) / steps, a[per], b[per]))
+        lines.append("")
+        lines.append("seconds per added %s (fastest run of each): first run %.3f, second run %.3f (from %d to %d)" % (
+            "agent" if per == "agents" else "host", (b["first"] - a["first"]) / steps,
+            (b["second"] - a["second"]) / steps, a[per], b[per]))
     return "\n".join(lines)
 
 
@@ -180,6 +222,9 @@ def main(argv=None):
     parser.add_argument("--hosts", default="1", help="comma-separated host counts (default %(default)s)")
     parser.add_argument("--image", default=os.environ.get("AGENTOPS_TEST_IMAGE_DEBIAN12",
                                                           "agentops-test/debian12:latest"))
+    parser.add_argument("--repeat", type=int, default=1, help="measure every case this many times (fresh containers)")
+    parser.add_argument("--pipelining", action="store_true",
+                        help="ANSIBLE_PIPELINING=1 (what ansible.cfg sets for SSH connections)")
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args(argv)
     agent_counts = [int(x) for x in args.agents.split(",") if x]
@@ -189,13 +234,17 @@ def main(argv=None):
     if not shutil.which("docker"):
         parser.error("docker is not installed")
     env = environment()
+    if args.pipelining:
+        env["ANSIBLE_PIPELINING"] = "1"
     rows = []
     workdir = tempfile.mkdtemp(prefix="agentops-bench-")
     log("logs in %s" % workdir)
     for hosts in host_counts:
         for agents in agent_counts:
-            rows.append(measure(agents, hosts, args.image, env, workdir))
+            for repeat in range(1, args.repeat + 1):
+                rows.append(measure(agents, hosts, args.image, env, workdir, repeat))
     per = "hosts" if len(host_counts) > 1 else "agents"
+    print("pipelining: %s; %d CPU(s)" % ("on" if args.pipelining else "off", os.cpu_count() or 0))
     print(table(rows, per))
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)

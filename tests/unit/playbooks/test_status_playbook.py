@@ -106,3 +106,19 @@ def test_unknown_report_format_is_refused(fleet):
     assert 'agentops_status_report_format must be markdown, html or text, got \\"pdf\\"' in output \
         or 'agentops_status_report_format must be markdown, html or text, got "pdf"' in output, output[-2000:]
     assert not (fleet / "x.pdf").exists()
+
+
+def test_unreachable_host_gets_its_row(fleet, tmp_path):
+    """A host that does not answer (SSH to a closed port on 127.0.0.1) is a row, not a failed play."""
+    inventory = json.loads((fleet / "inventory.json").read_text())
+    hosts = {"web1": inventory["all"]["hosts"]["web1"],
+             "down": {"ansible_connection": "ssh", "ansible_host": "127.0.0.1", "ansible_port": 9,
+                      "ansible_ssh_common_args": "-o ConnectTimeout=5 -o StrictHostKeyChecking=no"}}
+    inventory["all"]["hosts"] = hosts
+    (tmp_path / "inventory.json").write_text(json.dumps(inventory))
+    report = tmp_path / "fleet.md"
+    rc, output = status(tmp_path, "-e", "agentops_status_report_path=%s" % report)
+    assert rc == 4, output[-3000:]  # ansible-playbook's exit code for an unreachable host
+    assert "| down | - | unreachable | - | - | - | - | - |" in report.read_text()
+    assert "| web1 | mail\\|bot |" in report.read_text()
+    assert "2 host(s), 2 agent(s)" in output
