@@ -4,7 +4,9 @@
 Creates throw-away systemd containers from the local test images (with the same flags as the
 Molecule platforms in .config/molecule/config.yml), converges the agents role with N generated
 agents over the docker connection (community.docker.docker), times the first run and the
-idempotent second run, prints a table and removes its containers.
+idempotent second run (started once the containers are idle again: the agents the first run
+started take a few seconds of CPU to set up their sandboxes), prints a table and removes its
+containers. The load column is the machine's 1-minute load average when the second run started.
 
   bench/converge_bench.py --agents 1,50,200 --hosts 1 --repeat 2   # cost per added agent
   bench/converge_bench.py --agents 1 --hosts 1,2,4                 # cost per added host
@@ -62,6 +64,23 @@ def create(names, image):
             if time.monotonic() > deadline:
                 raise RuntimeError("%s did not boot (state %r)" % (name, state))
             time.sleep(1)
+
+
+def settle(names, deadline_seconds=180, busy_percent=10.0):
+    """Wait until the containers are idle again (the agents a first run started have finished starting:
+    their sandbox setup takes CPU after systemctl returned). Returns the seconds waited."""
+    started = time.monotonic()
+    quiet = 0
+    while time.monotonic() - started < deadline_seconds:
+        out = docker("stats", "--no-stream", "--format", "{{.CPUPerc}}", *names, check=False).stdout.split()
+        try:
+            busy = max(float(value.rstrip("%")) for value in out)
+        except ValueError:
+            busy = 0.0
+        quiet = quiet + 1 if busy < busy_percent else 0
+        if quiet >= 2:
+            break
+    return time.monotonic() - started
 
 
 def destroy(names):
@@ -156,13 +175,15 @@ def measure(agents, hosts, image, env, workdir, repeat):
         inventory = write_inventory(workdir, names, generated_agents(agents))
         log("   first run ...")
         first = converge(inventory, env, logfile)
-        log("   second run ...")
+        waited = settle(names)
+        log("   second run (after %.0f s for the agents to settle, load %s) ..." % (waited, load_average()))
+        load = load_average()
         second = converge(inventory, env, logfile)
         log("   one run of agentops heartbeat ...")
         heartbeat_cpu, heartbeat_wall = heartbeat_cost(names[0])
     finally:
         destroy(names)
-    return {"agents": agents, "hosts": hosts, "repeat": repeat, "load": load_average(),
+    return {"agents": agents, "hosts": hosts, "repeat": repeat, "load": load, "settle": waited,
             "first": first["seconds"], "second": second["seconds"],
             "changed_first": first["changed"], "changed_second": second["changed"],
             "validation_first": first["validation"], "validation_second": second["validation"],
@@ -193,7 +214,7 @@ def heartbeat_cost(name):
 
 def table(rows, per):
     lines = ["| agents | hosts | run | first run (s) | second run (s) | validation 1st / 2nd (s) |"
-             " validation share 1st / 2nd | tasks (2nd) | changed on 2nd run | heartbeat CPU / wall (s) | load |",
+             " validation share 1st / 2nd | tasks (2nd) | changed on 2nd run | heartbeat CPU / wall (s) | load at 2nd |",
              "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for row in rows:
         lines.append("| %d | %d | %d | %.1f | %.1f | %.2f / %.2f | %.0f%% / %.0f%% | %d | %d | %.2f / %.2f | %s |" % (
