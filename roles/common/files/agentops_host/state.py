@@ -13,8 +13,9 @@ import contextlib
 import fcntl
 import json
 import os
-import stat
 import tempfile
+
+from agentops_host import config as hostconfig
 
 
 def ensure_dir(path, mode=0o700):
@@ -39,36 +40,14 @@ def _describe_type(value):
 
 
 def _load(path):
-    """The JSON content of ``path``; FileNotFoundError when absent, StateError when unusable."""
+    """The JSON content of ``path``; FileNotFoundError when absent, StateError when unusable.
+
+    The bounded, non-blocking read and the JSON parsing are config.py's (one implementation).
+    """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise
-    except OSError as exc:
-        raise StateError("%s cannot be read: %s" % (path, exc.strerror or exc))
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise StateError("%s is not a regular file" % path)
-        chunks, size = [], 0
-        while size <= MAX_JSON_BYTES:
-            chunk = os.read(fd, min(65536, MAX_JSON_BYTES + 1 - size))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-    except OSError as exc:
-        raise StateError("%s cannot be read: %s" % (path, exc.strerror or exc))
-    finally:
-        os.close(fd)
-    if size > MAX_JSON_BYTES:
-        raise StateError("%s is larger than %d KiB" % (path, MAX_JSON_BYTES // 1024))
-    try:
-        return json.loads(b"".join(chunks).decode("utf-8"))
-    except RecursionError:
-        raise StateError("%s is not valid JSON: nested too deeply" % path)
-    except ValueError as exc:  # UnicodeDecodeError included
-        raise StateError("%s is not valid JSON: %s" % (path, exc))
+        return hostconfig.parse_json(hostconfig.read_bounded(path, MAX_JSON_BYTES), path)
+    except hostconfig.ConfigError as exc:
+        raise StateError(str(exc))
 
 
 def read_json(path, default=None, expect=None):
