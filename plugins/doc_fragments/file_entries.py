@@ -1,27 +1,23 @@
 # -*- coding: utf-8 -*-
 # Copyright: agentops.fleet maintainers
 # MIT License (see LICENSE)
-"""Documentation of a file entry, shared by the options files and secret_files of agentops.fleet.agent_files.
+"""Documentation of the file and directory entries of agentops.fleet.agent_files.
 
-Both options take the same entries (the module's FILE_OPTIONS); the suboptions are written once here.
+files and secret_files take the same entries (the module's FILE_OPTIONS); path, owner and group are shared
+with directories. Each suboption is written once here.
 """
 
 from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-# The suboptions of one file entry (indented for the place they take below).
-_FILE_ENTRY = r"""
+# Suboptions shared by file and directory entries (indented for the place they take below).
+_PATH = r"""
       path:
         description: Absolute path.
         type: path
-        required: true
-      content:
-        description:
-          - Complete content of the file.
-          - In O(secret_files), a secret that is never returned, logged or diffed.
-        type: str
-        required: true
+        required: true"""
+_OWNER = r"""
       owner:
         description: Owner name.
         type: str
@@ -29,7 +25,16 @@ _FILE_ENTRY = r"""
       group:
         description: Group name.
         type: str
-        default: root
+        default: root"""
+
+# The suboptions of one file entry.
+_FILE_ENTRY = _PATH + r"""
+      content:
+        description:
+          - Complete content of the file.
+          - In O(secret_files), a secret that is never returned, logged or diffed.
+        type: str
+        required: true""" + _OWNER + r"""
       mode:
         description: Octal mode as a string, e.g. C(0644).
         type: str
@@ -61,4 +66,15 @@ options:
     type: list
     elements: dict
     default: []
-    suboptions:""" + _FILE_ENTRY
+    suboptions:""" + _FILE_ENTRY + r"""
+  directories:
+    description: Directories to create or fix (owner, group, mode). Parents must exist.
+    type: list
+    elements: dict
+    default: []
+    suboptions:""" + _PATH + _OWNER + r"""
+      mode:
+        description: Octal mode as a string, e.g. C(0700).
+        type: str
+        default: "0755"
+"""

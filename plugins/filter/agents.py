@@ -291,6 +291,32 @@ def audit_summary(hosts, hostvars, ids):
     return "\n".join(lines)
 
 
+def audit_checklist(result, host):
+    """One host's ``agentops_audit_result`` -> aligned lines: a title, one PASS/FAIL line per item, the units."""
+    checklist = result.get("checklist") or []
+    width = max([len(item["id"]) for item in checklist] or [0])
+    lines = ["Agent Ops Checklist for %s: %s" % (host, result.get("summary"))]
+    for item in checklist:
+        lines.append("%s  %s  %s" % ("PASS" if item["passed"] else "FAIL", item["id"].ljust(width), item["reason"]))
+    units = [agent["unit"] for agent in result.get("agents") or []]
+    lines.append("agent units: " + (", ".join(units) or "none"))
+    return lines
+
+
+def audit_report(hosts, hostvars, generated):
+    """audit.yml's fleet report: {generated, passed, hosts: {host: {passed, summary, failed_items, checklist, agents}}}."""
+    report = {}
+    for host in hosts or []:
+        result = _hostvar(hostvars, host, "agentops_audit_result") or {}
+        if isinstance(result, dict) and "checklist" in result:
+            report[host] = dict((key, result.get(key)) for key in
+                                ("passed", "summary", "failed_items", "checklist", "agents"))
+        else:
+            report[host] = {"passed": False, "summary": "not audited (unreachable or error)",
+                            "failed_items": [], "checklist": [], "agents": []}
+    return {"generated": generated, "passed": all(entry["passed"] for entry in report.values()), "hosts": report}
+
+
 class FilterModule(object):
     """agentops.fleet filters: the inventory contract (plugins/module_utils/agentops_contract.py) and module arguments."""
 
@@ -315,4 +341,6 @@ class FilterModule(object):
             "status_fleet_rows": status_fleet_rows,
             "status_report": status_report,
             "audit_summary": audit_summary,
+            "audit_checklist": audit_checklist,
+            "audit_report": audit_report,
         }

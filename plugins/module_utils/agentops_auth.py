@@ -67,6 +67,7 @@ try:
 except ImportError:  # pragma: no cover - POSIX hosts only
     pwd = None
 
+from . import agentops_safefile as safefile
 from .agentops_timespan import parse_timespan
 
 AUTH_OK = "AUTH_OK"
@@ -382,25 +383,18 @@ def describe_error(exc, secrets=()):
 
 
 def read_token_file(path, limit=MAX_TOKEN_FILE):
-    """Return the content of a token file without its final newline (at most ``limit`` bytes)."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    """Return the content of a token file without its final newline (at most ``limit`` bytes).
+
+    Read through ``agentops_safefile.read_path`` (no symlink a non-root user could plant is followed,
+    non-blocking open, fstat check, bounded read); anything but a regular file raises ``OSError``.
+    """
     try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise OSError(errno.EINVAL, "not a regular file", path)
-        chunks = []
-        size = 0
-        while size <= limit:
-            chunk = os.read(fd, min(65536, limit + 1 - size))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-        if size > limit:
+        data = safefile.read_path(os.path.abspath(path), max_bytes=limit, hardlinks=True)
+    except safefile.UnsafeEntry as exc:
+        if exc.found == "too large":
             raise OSError(errno.EFBIG, "larger than %d KiB" % (limit // 1024), path)
-    finally:
-        os.close(fd)
-    return b"".join(chunks).decode("utf-8").rstrip("\r\n")
+        raise OSError(errno.EINVAL, exc.reason, path)
+    return data.decode("utf-8").rstrip("\r\n")
 
 
 def describe_duration(seconds):

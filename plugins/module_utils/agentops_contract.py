@@ -335,26 +335,20 @@ _FIXED = "was removed: the path is fixed at %s (a fixed name of the inventory co
          "the cron line and the on-host command alike); remove the variable from the inventory"
 # Variables that were part of the contract once and are gone: setting one fails validation
 # with what to do instead (an inventory must not believe a setting is honoured when it is not).
-REMOVED_VARIABLES = {
-    "agentops_common_bin": _FIXED % PATHS["bin"],
-    "agentops_agents_command": _FIXED % PATHS["bin"],
-    "agentops_alert_command": _FIXED % PATHS["bin"],
-    "agentops_heartbeat_command": _FIXED % PATHS["bin"],
-    "agentops_common_lib_dir": _FIXED % PATHS["lib"],
-    "agentops_common_config_dir": _FIXED % PATHS["config"],
-    "agentops_agents_config_dir": _FIXED % PATHS["config"],
-    "agentops_auth_config_dir": _FIXED % PATHS["config"],
-    "agentops_alert_config_file": _FIXED % (PATHS["config"] + "/agentops.json"),
-    "agentops_common_state_dir": _FIXED % PATHS["state"],
-    "agentops_agents_state_dir": _FIXED % PATHS["state"],
-    "agentops_common_spool_dir": _FIXED % PATHS["spool"],
-    "agentops_agents_unit_dir": _FIXED % PATHS["units"],
-    "agentops_alert_unit_dir": _FIXED % PATHS["units"],
-    "agentops_heartbeat_unit_dir": _FIXED % PATHS["units"],
-    "agentops_token_rotation_cron_file": _FIXED % PATHS["rotation_cron"],
-    "agentops_alert_disk_threshold_percent": "was removed: the heartbeat role owns the disk check; set "
-                                             "agentops_heartbeat_disk_threshold_percent instead",
-}
+_REMOVED_PATHS = (
+    (PATHS["bin"], ("agentops_common_bin", "agentops_agents_command", "agentops_alert_command",
+                    "agentops_heartbeat_command")),
+    (PATHS["lib"], ("agentops_common_lib_dir",)),
+    (PATHS["config"], ("agentops_common_config_dir", "agentops_agents_config_dir", "agentops_auth_config_dir")),
+    (PATHS["config"] + "/agentops.json", ("agentops_alert_config_file",)),
+    (PATHS["state"], ("agentops_common_state_dir", "agentops_agents_state_dir")),
+    (PATHS["spool"], ("agentops_common_spool_dir",)),
+    (PATHS["units"], ("agentops_agents_unit_dir", "agentops_alert_unit_dir", "agentops_heartbeat_unit_dir")),
+    (PATHS["rotation_cron"], ("agentops_token_rotation_cron_file",)),
+)
+REMOVED_VARIABLES = dict((name, _FIXED % path) for path, names in _REMOVED_PATHS for name in names)
+REMOVED_VARIABLES["agentops_alert_disk_threshold_percent"] = (
+    "was removed: the heartbeat role owns the disk check; set agentops_heartbeat_disk_threshold_percent instead")
 
 
 def removed_errors(names):
@@ -563,20 +557,24 @@ def auth_check_problems(check):
                                         absolute_command=True)
 
 
+def _entries(errors, where, items, key, not_list, not_mapping):
+    """(where[<key value>|<index>], entry) for each mapping of the list ``items``; the others are errors."""
+    if not isinstance(items, list):
+        errors.add(where, not_list)
+        return
+    for index, entry in enumerate(items):
+        if not isinstance(entry, dict):
+            errors.add("%s[%d]" % (where, index), not_mapping)
+            continue
+        name = entry.get(key)
+        yield ("%s[%s]" % (where, name) if isinstance(name, str) and name else "%s[%d]" % (where, index)), entry
+
+
 def _check_auth(errors, where, checks, credentials):
     """auth_checks of one agent: agentops_auth.check_problems (the validator the module and the
     host use too) with the inventory's keys, plus the agent-level rules (credential names, unique names)."""
-    if not isinstance(checks, list):
-        errors.add(where, "must be a list of auth checks")
-        return
     seen = set()
-    for index, check in enumerate(checks):
-        here = "%s[%d]" % (where, index)
-        if not isinstance(check, dict):
-            errors.add(here, "must be a mapping")
-            continue
-        if isinstance(check.get("name"), str) and check["name"]:
-            here = "%s[%s]" % (where, check["name"])
+    for here, check in _entries(errors, where, checks, "name", "must be a list of auth checks", "must be a mapping"):
         for field, text in auth_check_problems(check):
             errors.add("%s.%s" % (here, field) if field else here, text)
         name = check.get("name")
@@ -590,17 +588,9 @@ def _check_auth(errors, where, checks, credentials):
 
 
 def _check_rotation(errors, where, rotations, credentials):
-    if not isinstance(rotations, list):
-        errors.add(where, "must be a list")
-        return
     seen = set()
-    for index, entry in enumerate(rotations):
-        here = "%s[%d]" % (where, index)
-        if not isinstance(entry, dict):
-            errors.add(here, "must be a mapping with the keys %s" % ", ".join(ROTATION_KEYS))
-            continue
-        if isinstance(entry.get("credential"), str):
-            here = "%s[%s]" % (where, entry["credential"])
+    for here, entry in _entries(errors, where, rotations, "credential", "must be a list",
+                                "must be a mapping with the keys %s" % ", ".join(ROTATION_KEYS)):
         _unknown(errors, here, entry, ROTATION_KEYS)
         cred = entry.get("credential")
         if cred not in credentials:

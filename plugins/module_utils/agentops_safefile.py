@@ -77,9 +77,14 @@ class UnsafeEntry(Exception):
         Exception.__init__(self, self.message)
 
     @property
-    def message(self):
-        text = "%s %s" % (self.path, _TEXT.get(self.found, "is unsafe (%s)" % self.found))
+    def reason(self):
+        """What is wrong, without the path: ``is not a regular file: a fifo``."""
+        text = _TEXT.get(self.found, "is unsafe (%s)" % self.found)
         return "%s: %s" % (text, self.detail) if self.detail else text
+
+    @property
+    def message(self):
+        return "%s %s" % (self.path, self.reason)
 
     def as_dict(self):
         return {"path": self.path, "found": self.found, "message": self.message}

@@ -40,14 +40,7 @@ author:
   - agentops.fleet maintainers (@agentops)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
-attributes:
-  check_mode:
-    support: full
-    details: The module only reads state, so it runs in check mode as well.
-  diff_mode:
-    support: none
-  platform:
-    platforms: posix
+  - agentops.fleet.read_only
 options:
   units:
     description:

@@ -50,28 +50,6 @@ options:
         description: GECOS comment.
         type: str
         default: agentops agent
-  directories:
-    description: Directories to create or fix (owner, group, mode). Parents must exist.
-    type: list
-    elements: dict
-    default: []
-    suboptions:
-      path:
-        description: Absolute path.
-        type: path
-        required: true
-      owner:
-        description: Owner name.
-        type: str
-        default: root
-      group:
-        description: Group name.
-        type: str
-        default: root
-      mode:
-        description: Octal mode as a string, e.g. C(0700).
-        type: str
-        default: "0755"
   prune:
     description:
       - Directories to clean up - every entry not listed in I(keep) is removed.
@@ -291,32 +269,43 @@ class Worker:
                 os.close(fd)
         return False
 
+    def _in_parent(self, path, what, action, on_missing):
+        """Run ``action(parent_fd, name, untrusted)`` for ``path`` in its opened parent directory.
+
+        A missing parent (check mode) calls ``on_missing``. In a root-only directory an unsafe entry fails the
+        module; in an agent-writable one (``untrusted``) it is left in place and reported as a problem.
+        """
+        parent, missing = self._parent(path)
+        if parent is None:
+            if missing:
+                on_missing()
+            return
+        try:
+            untrusted = safefile.agent_writable(parent)
+            try:
+                action(parent, os.path.basename(path), untrusted)
+            except safefile.UnsafeEntry as exc:
+                if not untrusted:
+                    self.module.fail_json(msg="%s exists and is not %s (%s)" % (path, what, exc.found),
+                                          changed_paths=self.changed_paths, problems=self.problems)
+                self._problem(path, exc.found, "left in place", exc.message)
+            except OSError as exc:
+                if not untrusted:
+                    raise
+                self._problem(path, "error", "skipped", "%s: %s" % (path, exc.strerror or exc))
+        finally:
+            os.close(parent)
+
     def directories(self, directories):
         for item in directories:
             path, mode = os.path.normpath(item["path"]), int(item["mode"], 8)
             ids = _ids(item["owner"], item["group"])
             if ids is None and not self.check:
                 self._fail_ids(path, item)
-            parent, missing = self._parent(path)
-            if parent is None:
-                if missing:
-                    self._mark(path)
-                continue
-            try:
-                untrusted = safefile.agent_writable(parent)
-                try:
-                    self._directory(parent, os.path.basename(path), path, mode, ids)
-                except safefile.UnsafeEntry as exc:
-                    if not untrusted:
-                        self.module.fail_json(msg="%s exists and is not a directory (%s)" % (path, exc.found),
-                                              changed_paths=self.changed_paths, problems=self.problems)
-                    self._problem(path, exc.found, "left in place", exc.message)
-                except OSError as exc:
-                    if not untrusted:
-                        raise
-                    self._problem(path, "error", "skipped", "%s: %s" % (path, exc.strerror or exc))
-            finally:
-                os.close(parent)
+            self._in_parent(path, "a directory",
+                            lambda parent, name, untrusted, path=path, mode=mode, ids=ids:
+                            self._directory(parent, name, path, mode, ids),
+                            lambda path=path: self._mark(path))
 
     def _directory(self, parent, name, path, mode, ids):
         try:
@@ -349,29 +338,16 @@ class Worker:
             ids = _ids(item["owner"], item["group"])
             if ids is None and not self.check:
                 self._fail_ids(path, item)
-            parent, missing = self._parent(path)
-            if parent is None:
-                if missing:  # check mode, its directory is created first: the file would be new
-                    self._mark(path)
-                    if not secret and self.module._diff:
-                        self.diffs.append(dict(before_header=path, after_header=path, before="",
-                                               after=item["content"]))
-                continue
-            try:
-                untrusted = safefile.agent_writable(parent)
-                try:
-                    self._file(parent, os.path.basename(path), path, item, ids, secret, untrusted)
-                except safefile.UnsafeEntry as exc:
-                    if not untrusted:
-                        self.module.fail_json(msg="%s exists and is not a regular file (%s)" % (path, exc.found),
-                                              changed_paths=self.changed_paths, problems=self.problems)
-                    self._problem(path, exc.found, "left in place", exc.message)
-                except OSError as exc:
-                    if not untrusted:
-                        raise
-                    self._problem(path, "error", "skipped", "%s: %s" % (path, exc.strerror or exc))
-            finally:
-                os.close(parent)
+
+            def missing(path=path, item=item):  # check mode, its directory is created first: the file is new
+                self._mark(path)
+                if not secret and self.module._diff:
+                    self.diffs.append(dict(before_header=path, after_header=path, before="", after=item["content"]))
+
+            self._in_parent(path, "a regular file",
+                            lambda parent, name, untrusted, path=path, item=item, ids=ids:
+                            self._file(parent, name, path, item, ids, secret, untrusted),
+                            missing)
 
     def _file(self, parent, name, path, item, ids, secret, untrusted):
         """One file. In an agent-writable directory (``untrusted``) nothing is followed, read unbounded or

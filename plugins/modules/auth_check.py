@@ -41,14 +41,7 @@ author:
   - agentops.fleet maintainers (@agentops)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
-attributes:
-  check_mode:
-    support: full
-    details: Checks only read state, so they run in check mode as well.
-  diff_mode:
-    support: none
-  platform:
-    platforms: posix
+  - agentops.fleet.read_only
 options:
   name:
     description:

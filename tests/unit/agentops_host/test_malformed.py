@@ -147,7 +147,7 @@ def test_broken_agent_file_affects_only_that_agent(host, capsys, kind, content, 
     assert listed["bad"]["result"] == "broken" and reason in listed["bad"]["message"]
     # agentops check-auth: the good agent passes, the broken one fails naming its file
     rc, out, _ = _cli(host, capsys, "check-auth", "good")
-    assert rc == 0 and "good/api: AUTH_OK" in out
+    assert rc == 0 and "good/api: AUTH_OK" in out, out
     rc, _, err = _cli(host, capsys, "check-auth", "bad")
     assert rc == 1 and path in err and reason in err
     # the daily rotate: the good agent rotates, the broken one is reported and alerted

@@ -15,6 +15,7 @@ import os
 import stat
 
 from agentops_lib import agentops_contract
+from agentops_lib import agentops_safefile as safefile
 
 MAX_JSON_BYTES = 1024 * 1024
 MAX_CREDENTIAL_BYTES = 1024 * 1024
@@ -67,35 +68,22 @@ def _json_type(value):
 def read_bounded(path, limit):
     """The bytes of the regular file ``path`` (at most ``limit``); FileNotFoundError when absent.
 
-    Opened non-blocking (a FIFO cannot hang the caller), checked with fstat, read with a bound.
-    Raises ConfigError for anything that is not a regular file of at most ``limit`` bytes.
+    Read through ``agentops_safefile.read_path``: walked from ``/`` without following a symlink that a
+    user other than root could have planted, opened non-blocking (a FIFO cannot hang the caller),
+    checked with fstat and read with a bound. Raises ConfigError for anything else.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        return safefile.read_path(path, max_bytes=limit, hardlinks=True)
     except FileNotFoundError:
         raise
+    except safefile.UnsafeEntry as exc:
+        if exc.found == "too large":
+            raise ConfigError("%s is larger than %d KiB" % (path, limit // 1024))
+        if exc.found in ("fifo", "directory", "not a regular file"):
+            raise ConfigError("%s is not a regular file (%s)" % (path, exc.found))
+        raise ConfigError(exc.message)
     except OSError as exc:
         raise ConfigError("%s cannot be read: %s" % (path, exc.strerror or exc))
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise ConfigError("%s is not a regular file" % path)
-        if info.st_size > limit:
-            raise ConfigError("%s is larger than %d KiB" % (path, limit // 1024))
-        chunks, size = [], 0
-        while size <= limit:
-            chunk = os.read(fd, min(65536, limit + 1 - size))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-        if size > limit:
-            raise ConfigError("%s is larger than %d KiB" % (path, limit // 1024))
-        return b"".join(chunks)
-    except OSError as exc:
-        raise ConfigError("%s cannot be read: %s" % (path, exc.strerror or exc))
-    finally:
-        os.close(fd)
 
 
 def parse_json(data, path):
@@ -118,12 +106,17 @@ def _read_json(path):
     return parse_json(data, path)
 
 
-def load_host_config(config_dir):
-    data = dict(DEFAULT_HOST_CONFIG)
-    path = os.path.join(config_dir, "agentops.json")
+def _read_object(path):
+    """The JSON object in ``path``; None when the file is absent, ConfigError when it holds anything else."""
     found = _read_json(path)
     if found is not None and not isinstance(found, dict):
         raise ConfigError("%s must hold a JSON object, not %s" % (path, _json_type(found)))
+    return found
+
+
+def load_host_config(config_dir):
+    data = dict(DEFAULT_HOST_CONFIG)
+    found = _read_object(os.path.join(config_dir, "agentops.json"))
     if found:
         data.update(found)
     if not data.get("host"):
@@ -134,10 +127,7 @@ def load_host_config(config_dir):
 def load_rotation_config(config_dir):
     """The rotation settings (grace_days, timeout_seconds); defaults for a missing file or a bad value."""
     data = dict(DEFAULT_ROTATION_CONFIG)
-    path = os.path.join(config_dir, "rotation.json")
-    found = _read_json(path)
-    if found is not None and not isinstance(found, dict):
-        raise ConfigError("%s must hold a JSON object, not %s" % (path, _json_type(found)))
+    found = _read_object(os.path.join(config_dir, "rotation.json"))
     for key, default in DEFAULT_ROTATION_CONFIG.items():
         value = (found or {}).get(key, default)
         if isinstance(value, int) and not isinstance(value, bool) and value >= 0:

@@ -280,10 +280,33 @@ def test_audit_summary():
     assert filters.audit_summary(["web1"], hostvars, ids).endswith("1 host(s) pass every item, 0 fail at least one")
 
 
+def test_audit_checklist_aligns_ids_and_lists_units():
+    result = {"summary": "1/2 items pass", "agents": [{"unit": "agentops-a.service"}, {"unit": "agentops-b.service"}],
+              "checklist": [{"id": "kill_mode", "passed": True, "reason": "KillMode=control-group"},
+                            {"id": "restart", "passed": False, "reason": "Restart=no"}]}
+    assert filters.audit_checklist(result, "web1") == [
+        "Agent Ops Checklist for web1: 1/2 items pass",
+        "PASS  kill_mode  KillMode=control-group",
+        "FAIL  restart    Restart=no",
+        "agent units: agentops-a.service, agentops-b.service"]
+    assert filters.audit_checklist({"summary": "0/0", "checklist": []}, "h")[-1] == "agent units: none"
+
+
+def test_audit_report_marks_unaudited_hosts_failed():
+    audited = {"passed": True, "summary": "2/2", "failed_items": [], "checklist": [{"id": "x", "passed": True}],
+               "agents": [], "changed": False}
+    report = filters.audit_report(["web1", "gone"], {"web1": {"agentops_audit_result": audited}, "gone": {}}, "T")
+    assert report["generated"] == "T" and report["passed"] is False
+    assert report["hosts"]["web1"] == {key: audited[key] for key in
+                                       ("passed", "summary", "failed_items", "checklist", "agents")}
+    assert report["hosts"]["gone"]["summary"] == "not audited (unreachable or error)"
+    assert filters.audit_report(["web1"], {"web1": {"agentops_audit_result": audited}}, "T")["passed"] is True
+
+
 def test_every_filter_is_registered():
     names = filters.FilterModule().filters()
     for name in ("agents_files", "agents_credential_files", "agents_absent_paths", "agents_unit_actions",
                  "systemd_state", "agents_auth_checks", "auth_check_report", "agents_rotating",
-                 "host_command_files", "status_fleet_rows", "status_report", "audit_summary",
+                 "host_command_files", "status_fleet_rows", "status_report", "audit_summary", "audit_checklist", "audit_report",
                  "agents_normalize", "agents_errors", "systemctl_show"):
         assert callable(names[name]), name
