@@ -367,15 +367,166 @@ def role_errors(role, values):
 # --------------------------------------------------------------------------- alert channels
 CHANNEL_FIELDS = {
     "telegram": ("type", "bot_token", "chat_id", "api_url"),
-    "webhook": ("type", "url"),
+    "webhook": ("type", "url", "headers"),
     "command": ("type", "command"),
+    "slack": ("type", "url"),
+    "discord": ("type", "url"),
+    "ntfy": ("type", "url", "token"),
+    "pagerduty": ("type", "routing_key", "api_url"),
+    "email": ("type", "smtp_host", "smtp_port", "security", "username", "password", "from", "to"),
 }
 URL_RE = re.compile(r"^https?://[^\s/?#@]+(/\S*)?\Z")
 BOT_TOKEN_BAD_RE = re.compile(r"[\s/?#%]")
+# Set by the alert path itself: a channel's headers cannot replace them.
+RESERVED_HEADERS = ("host", "content-length", "connection", "transfer-encoding")
+ROUTING_KEY_RE = re.compile(r"^[A-Za-z0-9]{32}\Z")
+SMTP_SECURITY = ("starttls", "tls", "none")
+SMTP_HOST_RE = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}\.)*[A-Za-z0-9-]{1,63}\.?|\[[0-9A-Fa-f:.]+\])\Z")
+# A bare address (no display name, no comments): what smtplib puts into MAIL FROM / RCPT TO.
+MAIL_ADDRESS_RE = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9.-]{0,253}[A-Za-z0-9])?\Z")
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]", "::1")
+
+
+def _url_problem(value, secret=True):
+    """Why ``value`` is not an http(s) URL a channel can POST to (the value itself is never part of it)."""
+    if not (isinstance(value, str) and URL_RE.match(value) and not UNSAFE_CHARS_RE.search(value)):
+        return "must be an http:// or https:// URL%s" % (" (value not shown)" if secret else "")
+    return None
+
+
+def _secret_problem(value, what="a non-empty string"):
+    """Why a secret value is unusable, without showing it: empty, not a string, spaces or control characters."""
+    if isinstance(value, bool) or not isinstance(value, str) or not value.strip():
+        return "must be %s (value not shown)" % what
+    if UNSAFE_CHARS_RE.search(value) or re.search(r"\s", value):
+        return "must not contain spaces, CR, LF or other control characters (value not shown)"
+    return None
+
+
+def headers_problems(headers):
+    """(field, problem) pairs of a ``headers`` mapping: the field is ``headers`` or ``headers.<name>``;
+    header names are shown, values never (they are secrets)."""
+    if not isinstance(headers, dict):
+        return [("headers", "must be a mapping of header name to value")]
+    problems = []
+    for name in sorted(headers, key=str):
+        value = headers[name]
+        if not isinstance(name, str) or not agentops_auth.HEADER_NAME_RE.match(name):
+            shown = repr(name) if isinstance(name, str) and not UNSAFE_CHARS_RE.search(name) else "(not shown)"
+            problems.append(("headers", "has a header name %s that is not a valid HTTP header name (letters, digits "
+                                        "and !#$%%&'*+.^_`|~-; no spaces, colons, CR or LF)" % shown))
+            continue
+        field = "headers.%s" % name
+        if name.lower() in RESERVED_HEADERS:
+            problems.append((field, "is set by the alert path and cannot be configured (reserved: %s)"
+                             % ", ".join(RESERVED_HEADERS)))
+            continue
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            problems.append((field, "must be a string (value not shown)"))
+            continue
+        text = str(value)
+        if UNSAFE_CHARS_RE.search(text):
+            problems.append((field, "holds CR, LF or another control character (value not shown)"))
+            continue
+        try:
+            text.encode("latin-1")
+        except UnicodeError:
+            problems.append((field, "is not Latin-1 text (value not shown)"))
+    return problems
+
+
+def _email_problems(channel):
+    problems = []
+    host = channel.get("smtp_host")
+    if not (isinstance(host, str) and SMTP_HOST_RE.match(host)):
+        problems.append(("smtp_host", "is required: a host name or IP address (got %r)" % (host,)))
+    security = channel.get("security", "starttls")
+    if security not in SMTP_SECURITY:
+        problems.append(("security", "%r is not one of %s" % (security, ", ".join(SMTP_SECURITY))))
+    if "smtp_port" in channel:
+        problem = _int_problem(channel["smtp_port"], 1, 65535)
+        if problem:
+            problems.append(("smtp_port", problem))
+    username = channel.get("username")
+    if username is not None and (not isinstance(username, str) or not username.strip()
+                                 or UNSAFE_CHARS_RE.search(username)):
+        problems.append(("username", "must be a non-empty one-line string (value not shown)"))
+    password = channel.get("password")
+    if password is not None:
+        if isinstance(password, bool) or not isinstance(password, (str, int)) or str(password) == "" \
+                or UNSAFE_CHARS_RE.search(str(password)):
+            problems.append(("password", "must be a non-empty one-line string (value not shown)"))
+        elif username is None:
+            problems.append(("password", "is set without a username: set both or neither"))
+        elif security == "none" and str(host).lower() not in LOOPBACK_HOSTS:
+            problems.append(("password", "with security: none would cross the network in clear text; "
+                                         "use starttls or tls"))
+    sender = channel.get("from")
+    if not (isinstance(sender, str) and MAIL_ADDRESS_RE.match(sender)):
+        problems.append(("from", "is required: one bare address such as alerts@example.com (got %r)" % (sender,)))
+    recipients = channel.get("to")
+    if not isinstance(recipients, list) or not recipients:
+        problems.append(("to", "is required: a non-empty list of addresses"))
+    else:
+        for index, item in enumerate(recipients):
+            if not (isinstance(item, str) and MAIL_ADDRESS_RE.match(item)):
+                problems.append(("to[%d]" % index, "is not a bare address such as oncall@example.com (got %r)"
+                                 % (item,)))
+    return problems
+
+
+def _channel_problems(ctype, channel):
+    """(field, problem) pairs of one channel of a known type; no secret value is ever part of a problem."""
+    problems = []
+    if ctype == "telegram":
+        token = channel.get("bot_token")
+        if not isinstance(token, str) or not token.strip():
+            problems.append(("bot_token", "is required"))
+        elif BOT_TOKEN_BAD_RE.search(token) or UNSAFE_CHARS_RE.search(token):
+            problems.append(("bot_token", "must not contain spaces, control characters, '/', '?', '#' or '%' "
+                                          "(value not shown)"))
+        chat = channel.get("chat_id")
+        if isinstance(chat, bool) or chat is None or not str(chat).strip() or UNSAFE_CHARS_RE.search(str(chat)):
+            problems.append(("chat_id", "is required, one line"))
+        if "api_url" in channel and _url_problem(channel["api_url"]):
+            problems.append(("api_url", "must be an http:// or https:// URL"))
+    elif ctype in ("webhook", "slack", "discord", "ntfy"):
+        problem = _url_problem(channel.get("url"))
+        if problem:
+            problems.append(("url", problem))
+        elif ctype == "ntfy" and not re.match(r"^https?://[^/]+/[^/?#]+", channel["url"]):
+            problems.append(("url", "must name the topic: https://ntfy.example.com/<topic> (value not shown)"))
+        if ctype == "webhook" and "headers" in channel and channel["headers"] is not None:
+            problems.extend(headers_problems(channel["headers"]))
+        if ctype == "ntfy" and channel.get("token") is not None:
+            problem = _secret_problem(channel["token"])
+            if problem:
+                problems.append(("token", problem))
+    elif ctype == "pagerduty":
+        key = channel.get("routing_key")
+        if not isinstance(key, str) or not key.strip():
+            problems.append(("routing_key", "is required (value not shown)"))
+        elif not ROUTING_KEY_RE.match(key):
+            problems.append(("routing_key", "must be the 32-character integration key of an Events API v2 "
+                                            "integration, letters and digits (value not shown)"))
+        if "api_url" in channel and _url_problem(channel["api_url"], secret=False):
+            problems.append(("api_url", "must be an http:// or https:// URL such as https://events.pagerduty.com"))
+    elif ctype == "email":
+        problems.extend(_email_problems(channel))
+    else:
+        command = channel.get("command")
+        if not (isinstance(command, str) and re.match(r"^/\S", command)) or UNSAFE_CHARS_RE.search(command or ""):
+            problems.append(("command", "must start with an absolute path, one line (got %r)" % (command,)))
+        else:
+            try:
+                shlex.split(command)
+            except ValueError:
+                problems.append(("command", "has unbalanced quotes"))
+    return problems
 
 
 def channels_errors(channels, variable="agentops_alert_channels"):
-    """Problems of a list of alert channels; messages name the channel, never a secret value."""
+    """Problems of a list of alert channels; messages name ``<variable>[<i>] (<type>).<field>``, never a secret."""
     if channels is None:
         return []
     if not isinstance(channels, list):
@@ -387,38 +538,14 @@ def channels_errors(channels, variable="agentops_alert_channels"):
             errors.append("%s: must be a mapping with a type (%s)" % (where, ", ".join(sorted(CHANNEL_FIELDS))))
             continue
         ctype = channel.get("type")
-        if ctype not in CHANNEL_FIELDS:
+        if not isinstance(ctype, str) or ctype not in CHANNEL_FIELDS:
             errors.append("%s.type: unknown channel type %r (one of %s)" % (where, ctype, ", ".join(sorted(CHANNEL_FIELDS))))
             continue
         where = "%s (%s)" % (where, ctype)
-        for field in sorted(k for k in channel if k not in CHANNEL_FIELDS[ctype]):
+        for field in sorted((k for k in channel if k not in CHANNEL_FIELDS[ctype]), key=str):
             errors.append("%s: unknown field %r (allowed: %s)" % (where, field, ", ".join(CHANNEL_FIELDS[ctype])))
-        if ctype == "telegram":
-            token = channel.get("bot_token")
-            if not isinstance(token, str) or not token.strip():
-                errors.append("%s.bot_token is required" % where)
-            elif BOT_TOKEN_BAD_RE.search(token) or UNSAFE_CHARS_RE.search(token):
-                errors.append("%s.bot_token must not contain spaces, control characters, '/', '?', '#' or '%%' "
-                              "(value not shown)" % where)
-            chat = channel.get("chat_id")
-            if isinstance(chat, bool) or chat is None or not str(chat).strip() or UNSAFE_CHARS_RE.search(str(chat)):
-                errors.append("%s.chat_id is required, one line" % where)
-            if "api_url" in channel and not (isinstance(channel["api_url"], str) and URL_RE.match(channel["api_url"])
-                                             and not UNSAFE_CHARS_RE.search(channel["api_url"])):
-                errors.append("%s.api_url must be an http:// or https:// URL" % where)
-        elif ctype == "webhook":
-            url = channel.get("url")
-            if not (isinstance(url, str) and URL_RE.match(url) and not UNSAFE_CHARS_RE.search(url)):
-                errors.append("%s.url must be an http:// or https:// URL (value not shown)" % where)
-        else:
-            command = channel.get("command")
-            if not (isinstance(command, str) and re.match(r"^/\S", command)) or UNSAFE_CHARS_RE.search(command or ""):
-                errors.append("%s.command must start with an absolute path, one line (got %r)" % (where, command))
-            else:
-                try:
-                    shlex.split(command)
-                except ValueError:
-                    errors.append("%s.command has unbalanced quotes" % where)
+        for field, problem in _channel_problems(ctype, channel):
+            errors.append("%s.%s %s" % (where, field, problem))
     return errors
 
 

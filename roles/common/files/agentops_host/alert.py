@@ -13,7 +13,13 @@ alerts through :func:`emit` and clears them through :func:`resolve`.
   the next ``emit`` sends it again instead of waiting for a reminder.
 * Channels (``alert_channels`` in ``agentops.json``): ``telegram`` (Bot API sendMessage,
   HTML, honours 429 ``retry_after``), ``webhook`` (JSON POST, optional ``headers``),
-  ``command`` (text on stdin, minimal environment, run in its own process group).
+  ``command`` (text on stdin, minimal environment, run in its own process group),
+  ``slack`` (incoming webhook, ``{"text"}``), ``discord`` (webhook, ``{"content"}`` <= 2000
+  characters, no mentions), ``ntfy`` (text body, Title/Priority/Tags headers, optional bearer
+  token), ``pagerduty`` (Events API v2: ``trigger``/``resolve`` with ``dedup_key`` = a hash of
+  host and key; ``info`` never pages) and ``email`` (smtplib; STARTTLS by default, implicit TLS
+  or none; certificates verified). The HTTP channels but ``webhook`` wait out a 429
+  ``retry_after`` in-process up to ``alert_retry_after_max_seconds`` like ``telegram``.
 * Isolation: every channel and every message on its own. Any exception while sending one
   message to one channel (a RecursionError, MemoryError, UnicodeError, anything) is that
   message's failure only; the other channels and the other spooled messages are still tried.
@@ -52,8 +58,10 @@ alerts through :func:`emit` and clears them through :func:`resolve`.
   never part of an error; a library's error text (which can hold a URL) is never echoed,
   only its class; text is masked before it is cut.
 """
+import base64
 import contextlib
 import datetime
+import email.message
 import email.utils
 import errno
 import fcntl
@@ -68,6 +76,7 @@ import re
 import selectors
 import shlex
 import signal
+import smtplib
 import socket
 import ssl
 import subprocess
@@ -84,7 +93,7 @@ from agentops_lib import agentops_auth
 
 SEVERITIES = ("critical", "warning", "info", "resolved")
 RANK = {"info": 0, "warning": 1, "critical": 2}
-CHANNEL_TYPES = ("telegram", "webhook", "command")
+CHANNEL_TYPES = ("telegram", "webhook", "command", "slack", "discord", "ntfy", "pagerduty", "email")
 TELEGRAM_LIMIT = 4096
 DEFAULT_TELEGRAM_API = "https://api.telegram.org"
 MAX_INLINE_RETRY_AFTER = 30     # longest 429 retry_after honoured by waiting in-process (seconds)
@@ -281,14 +290,19 @@ def _channels(cfg):
 def channel_id(channel):
     """Stable, secret-free identity of a channel: its spool folder name.
 
-    Built from non-secret fields only (the webhook URL only as a hash), so a rotated bot
-    token keeps the spool.
+    The fields are only ever part of it as a hash (a webhook URL, a PagerDuty routing key);
+    a telegram bot token is not part of it at all, so a rotated bot token keeps the spool.
     """
     ctype = str(channel.get("type", "unknown"))
     if ctype == "telegram":
         ident = "%s|%s" % (channel.get("api_url") or DEFAULT_TELEGRAM_API, channel.get("chat_id"))
-    elif ctype == "webhook":
+    elif ctype in ("webhook", "slack", "discord", "ntfy"):
         ident = str(channel.get("url"))
+    elif ctype == "pagerduty":
+        ident = "%s|%s" % (channel.get("api_url") or DEFAULT_PAGERDUTY_API, channel.get("routing_key"))
+    elif ctype == "email":
+        ident = "%s|%s|%s|%s" % (channel.get("smtp_host"), channel.get("smtp_port") or "",
+                                 channel.get("from"), ",".join(str(a) for a in channel.get("to") or []))
     else:
         ident = str(channel.get("command"))
     safe = re.sub(r"[^a-z0-9_]", "_", ctype.lower())[:20] or "unknown"
@@ -657,7 +671,8 @@ def http_post(url, data, headers=None, timeout=DEFAULT_TIMEOUT, limit=RESPONSE_L
             opened.append(conn)
             sock.settimeout(_remaining(deadline, timeout))
             conn.putrequest("POST", target, skip_accept_encoding=True)
-            conn.putheader("User-Agent", "agentops-alert")
+            if not any(name.lower() == "user-agent" for name, _value in header_list):
+                conn.putheader("User-Agent", "agentops-alert")
             conn.putheader("Connection", "close")
             conn.putheader("Content-Length", str(len(data)))
             for name, value in header_list:
@@ -881,7 +896,339 @@ def send_command(channel, msg, timeout, max_wait=MAX_INLINE_RETRY_AFTER, sleep=t
     return "exit 0"
 
 
-SENDERS = {"telegram": send_telegram, "webhook": send_webhook, "command": send_command}
+# --------------------------------------------------------------------------- chat, push, paging and mail channels
+SLACK_LIMIT = 3900              # characters of a Slack text (Slack cuts at 40 000, but shows 4 000 uncollapsed)
+DISCORD_LIMIT = 2000            # Discord refuses content longer than this (HTTP 400)
+NTFY_BODY_LIMIT = 4000          # bytes of an ntfy message (over 4 096 ntfy turns it into an attachment)
+NTFY_TITLE_LIMIT = 200          # characters of an ntfy Title header
+PAGERDUTY_SUMMARY_LIMIT = 1024  # PagerDuty's limit of payload.summary
+PAGERDUTY_DETAILS_LIMIT = 16000  # characters of the body sent as payload.custom_details.body
+EMAIL_BODY_LIMIT = 65536        # characters of an e-mail body
+DEFAULT_PAGERDUTY_API = "https://events.pagerduty.com"
+SMTP_PORTS = {"starttls": 587, "tls": 465, "none": 25}
+NTFY_PRIORITY = {"critical": "5", "warning": "4", "info": "3", "resolved": "3"}
+NTFY_TAGS = {"critical": "rotating_light", "warning": "warning", "info": "information_source",
+             "resolved": "white_check_mark"}
+PAGERDUTY_SEVERITY = {"critical": "critical", "warning": "warning", "info": "info"}
+
+
+def _one_line(text, limit):
+    text = " ".join(_CONTROL.sub(" ", str(text)).split())
+    return text if len(text) <= limit else text[: max(0, limit - 3)] + "..."
+
+
+def fit_text(head, body, limit, wrap=("\n```\n", "\n```"), escape=lambda s: s, marker="\n[cut]"):
+    """``head`` plus ``body`` inside ``wrap``, escaped, at most ``limit`` characters; the body is cut first."""
+    head = head[:limit]
+    body = str(body or "")
+    if not body:
+        return head
+    budget = limit - len(head) - len(wrap[0]) - len(wrap[1])
+    if budget <= len(marker):
+        return head
+    escaped = escape(body)
+    if len(escaped) <= budget:
+        return head + wrap[0] + escaped + wrap[1]
+    raw = body[: budget - len(marker)]
+    escaped = escape(raw)
+    while len(escaped) + len(marker) > budget:
+        raw = raw[: max(0, len(raw) - (len(escaped) + len(marker) - budget))]
+        escaped = escape(raw)
+    return head + wrap[0] + escaped + marker + wrap[1]
+
+
+def _slack_escape(text):
+    # Slack's three control characters; "<!channel>" or "<@U123>" in an agent's output then pings nobody
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _no_fence(text):
+    return str(text).replace("```", "'''")
+
+
+def slack_text(msg, limit=SLACK_LIMIT):
+    """The message as Slack mrkdwn: bold headline, details, the body in a code block; at most ``limit`` characters."""
+    head = "*%s*\n%s" % (_slack_escape(_headline(msg)), _slack_escape("\n".join(_details(msg))))
+    return fit_text(head, msg.get("body"), limit, escape=lambda s: _no_fence(_slack_escape(s)))
+
+
+def discord_text(msg, limit=DISCORD_LIMIT):
+    """The message as Discord markdown, at most ``limit`` (2000) characters."""
+    head = "**%s**\n%s" % (_no_fence(_headline(msg)).replace("*", "\\*"), _no_fence("\n".join(_details(msg))))
+    return fit_text(head, msg.get("body"), limit, escape=_no_fence)
+
+
+def _post_json(name, url, payload, headers, timeout, max_wait, sleep, accept=lambda status, body: True):
+    """POST JSON; on 429 wait the clamped retry_after in-process when it is at most ``max_wait``
+    (up to MAX_429_ATTEMPTS sends), else raise with it so the spool waits. Returns (status, parsed answer)."""
+    data = payload if isinstance(payload, bytes) else json.dumps(payload).encode("utf-8")
+    for attempt_no in range(1, MAX_429_ATTEMPTS + 1):
+        status, raw, answer_headers = http_post(url, data, headers, timeout)
+        body, text = parse_answer(raw)
+        if 200 <= status < 300 and accept(status, body):
+            return status, body
+        wait = retry_after(body, answer_headers)
+        if status == 429:
+            wait = 1.0 if wait is None else wait
+            if wait <= max_wait and attempt_no < MAX_429_ATTEMPTS:
+                log("%s answered 429, waiting retry_after=%gs (attempt %d)" % (name, wait, attempt_no))
+                sleep(wait)
+                continue
+        if 200 <= status < 300:
+            raise DeliveryError("HTTP %d but the answer does not confirm the message: %s"
+                                % (status, excerpt(text) or "(empty)"), kind=TRANSIENT, status=status)
+        raise http_error(status, text, wait)
+    raise DeliveryError("HTTP 429: gave up")
+
+
+def send_slack(channel, msg, timeout, max_wait=MAX_INLINE_RETRY_AFTER, sleep=time.sleep):
+    """Slack incoming webhook: ``{"text": ...}``; Slack answers 200 ``ok`` (errors: 400 no_text, 403, 404, 410)."""
+    status, _body = _post_json("slack", channel.get("url"), {"text": slack_text(msg)},
+                               {"Content-Type": "application/json"}, timeout, max_wait, sleep)
+    return "HTTP %d" % status
+
+
+def send_discord(channel, msg, timeout, max_wait=MAX_INLINE_RETRY_AFTER, sleep=time.sleep):
+    """Discord webhook: ``{"content": ...}`` (<= 2000 characters), no mentions parsed; honours 429 retry_after."""
+    payload = {"content": discord_text(msg), "allowed_mentions": {"parse": []}}
+    status, _body = _post_json("discord", channel.get("url"), payload, {"Content-Type": "application/json"},
+                               timeout, max_wait, sleep)
+    return "HTTP %d" % status
+
+
+def _header_text(text):
+    """A header value: ASCII as it is, else RFC 2047 (UTF-8, base64), which ntfy decodes."""
+    try:
+        text.encode("ascii")
+        return text
+    except UnicodeError:
+        return "=?UTF-8?B?%s?=" % base64.b64encode(text.encode("utf-8")).decode("ascii")
+
+
+def send_ntfy(channel, msg, timeout, max_wait=MAX_INLINE_RETRY_AFTER, sleep=time.sleep):
+    """ntfy: the text as body of a POST to the topic URL; Title, Priority and Tags from the severity."""
+    severity = str(msg.get("severity"))
+    title = _one_line("%s%s: %s" % ("" if severity == "resolved" else "[%s] " % severity.upper(),
+                                    msg.get("host"), msg.get("title")), NTFY_TITLE_LIMIT)
+    text = "\n".join(_details(msg))
+    if msg.get("body"):
+        text += "\n\n" + str(msg["body"])
+    data = text.encode("utf-8", "replace")
+    if len(data) > NTFY_BODY_LIMIT:
+        data = data[: NTFY_BODY_LIMIT - 6].decode("utf-8", "ignore").encode("utf-8") + b"\n[cut]"
+    headers = {"Content-Type": "text/plain; charset=utf-8", "Title": _header_text(title),
+               "Priority": NTFY_PRIORITY.get(severity, "3"),
+               "Tags": ",".join(("agentops", NTFY_TAGS.get(severity, "bell")))}
+    token = channel.get("token")
+    if token:
+        headers["Authorization"] = "Bearer %s" % token
+    status, _body = _post_json("ntfy", channel.get("url"), data, headers, timeout, max_wait, sleep)
+    return "HTTP %d" % status
+
+
+def pagerduty_event(channel, msg):
+    """The Events API v2 event of a message, or None for ``info`` (a notice never pages).
+
+    ``dedup_key`` is the message's fingerprint (a hash of host and alert key): the same alert
+    key on two hosts is two incidents, the fire and the resolve of one key are one.
+    """
+    severity = str(msg.get("severity"))
+    event = {"routing_key": channel.get("routing_key"), "dedup_key": "agentops-%s" % msg.get("fingerprint"),
+             "client": "agentops.fleet"}
+    if severity == "resolved":
+        event["event_action"] = "resolve"
+        return event
+    if severity not in PAGERDUTY_SEVERITY or severity == "info":
+        return None
+    details = {"key": msg.get("key"), "since": msg.get("since"), "reminder": bool(msg.get("reminder"))}
+    if msg.get("body"):
+        body = str(msg["body"])
+        details["body"] = body if len(body) <= PAGERDUTY_DETAILS_LIMIT else body[:PAGERDUTY_DETAILS_LIMIT] + "\n[cut]"
+    payload = {"summary": _one_line(_headline(msg), PAGERDUTY_SUMMARY_LIMIT),
+               "source": _one_line(msg.get("host") or "unknown", 255),
+               "severity": PAGERDUTY_SEVERITY[severity], "timestamp": msg.get("time"),
+               "custom_details": details}
+    if msg.get("agent"):
+        payload["component"] = str(msg["agent"])
+    if msg.get("unit"):
+        payload["group"] = str(msg["unit"])
+    event.update(event_action="trigger", payload=payload)
+    return event
+
+
+def send_pagerduty(channel, msg, timeout, max_wait=MAX_INLINE_RETRY_AFTER, sleep=time.sleep):
+    """PagerDuty Events API v2 (``<api_url>/v2/enqueue``): trigger on fire, resolve on recovery."""
+    key = channel.get("routing_key")
+    if not isinstance(key, str) or not key.strip():
+        raise DeliveryError("pagerduty channel without a routing_key", kind=PERMANENT)
+    event = pagerduty_event(channel, msg)
+    if event is None:
+        return "not sent: %s alerts never page" % msg.get("severity")
+    url = str(channel.get("api_url") or DEFAULT_PAGERDUTY_API).rstrip("/") + "/v2/enqueue"
+
+    def accepted(_status, body):
+        return not (isinstance(body, dict) and body.get("status") not in (None, "success"))
+    status, _body = _post_json("pagerduty", url, event, {"Content-Type": "application/json"}, timeout,
+                               max_wait, sleep, accept=accepted)
+    return "HTTP %d %s" % (status, event["event_action"])
+
+
+class _BoundedSMTP(smtplib.SMTP):
+    """smtplib.SMTP connecting to addresses resolved beforehand (name resolution bounded by the deadline),
+    optionally wrapping the connection in TLS at once (implicit TLS, port 465), and handing a duplicate of
+    the socket to the watchdog that ends the session at the deadline."""
+
+    def __init__(self, infos, implicit_tls, context, register, timeout, local_hostname):
+        self._infos = infos
+        self._implicit_tls = implicit_tls
+        self._context = context
+        self._register = register
+        smtplib.SMTP.__init__(self, timeout=timeout, local_hostname=local_hostname)
+
+    def _get_socket(self, host, port, timeout):
+        last_error = None
+        for family, socktype, proto, _name, address in self._infos:
+            candidate = socket.socket(family, socktype, proto)
+            try:
+                candidate.settimeout(timeout)
+                candidate.connect(address)
+            except OSError as exc:
+                candidate.close()
+                last_error = exc
+                continue
+            self._register(candidate)
+            if self._implicit_tls:
+                return self._context.wrap_socket(candidate, server_hostname=self._host)
+            return candidate
+        raise last_error or OSError(errno.EHOSTUNREACH, "no address")
+
+
+def _smtp_error(exc):
+    """The DeliveryError of an SMTP answer: 5xx permanent, anything else transient (the text as excerpt)."""
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        codes = [answer[0] for answer in exc.recipients.values() if isinstance(answer, tuple) and answer]
+        kind = PERMANENT if codes and all(isinstance(c, int) and 500 <= c < 600 for c in codes) else TRANSIENT
+        return DeliveryError("SMTP: every recipient refused (%s)" % ", ".join(str(c) for c in codes), kind=kind)
+    code = getattr(exc, "smtp_code", None)
+    detail = excerpt(getattr(exc, "smtp_error", b"") or b"")
+    kind = PERMANENT if isinstance(code, int) and 500 <= code < 600 else TRANSIENT
+    return DeliveryError("SMTP %s (%s)%s" % (code, type(exc).__name__, (": " + detail) if detail else ""),
+                         kind=kind, status=code if isinstance(code, int) else None)
+
+
+def _mail_domain(name):
+    name = re.sub(r"[^A-Za-z0-9.-]", "", str(name or ""))[:200].strip(".-")
+    return name or "localhost"
+
+
+def email_message(channel, msg):
+    """The alert as an e-mail (plain text, UTF-8); one thread per host and key (References: the fingerprint)."""
+    mail = email.message.EmailMessage()
+    mail["Subject"] = _one_line(_headline(msg), 250)
+    mail["From"] = str(channel.get("from"))
+    mail["To"] = ", ".join(str(a) for a in channel.get("to") or [])
+    mail["Date"] = email.utils.formatdate(localtime=False)
+    domain = _mail_domain(msg.get("host"))
+    mail["Message-ID"] = email.utils.make_msgid("agentops", domain=domain)
+    mail["References"] = "<agentops-%s@%s>" % (re.sub(r"[^0-9a-f]", "", str(msg.get("fingerprint"))), domain)
+    mail["Auto-Submitted"] = "auto-generated"
+    mail["X-Agentops-Severity"] = _one_line(msg.get("severity"), 20)
+    mail["X-Agentops-Key"] = _one_line(msg.get("key"), 200)
+    text = plain_text(msg)
+    if len(text) > EMAIL_BODY_LIMIT:
+        text = text[:EMAIL_BODY_LIMIT] + "\n[cut]\n"
+    mail.set_content(text)
+    return mail
+
+
+def send_email(channel, msg, timeout, max_wait=MAX_INLINE_RETRY_AFTER, sleep=time.sleep):
+    """E-mail through smtplib: STARTTLS (default, never falls back to clear text), implicit TLS or none;
+    certificates verified against the system trust store; one deadline for the whole session."""
+    security = channel.get("security") or "starttls"
+    if security not in SMTP_PORTS:
+        raise DeliveryError("email channel: security %r is not starttls, tls or none" % excerpt(security, 20),
+                            kind=PERMANENT)
+    host = str(channel.get("smtp_host") or "")
+    recipients = [str(a) for a in channel.get("to") or []]
+    if not host or not recipients or not channel.get("from"):
+        raise DeliveryError("email channel needs smtp_host, from and to", kind=PERMANENT)
+    port = channel.get("smtp_port") or SMTP_PORTS[security]
+    try:
+        port = int(port)
+    except (TypeError, ValueError):
+        raise DeliveryError("email channel: smtp_port is not a number", kind=PERMANENT) from None
+    mail = email_message(channel, msg)
+    deadline = time.monotonic() + timeout
+    context = ssl.create_default_context()
+    expired = threading.Event()
+    guard = threading.Lock()
+    killers = []
+
+    def register(sock):
+        with guard:
+            killers.append(sock.dup())
+            if expired.is_set():
+                raise DeliveryError("no complete SMTP session within the deadline of %gs" % timeout)
+
+    def expire():
+        with guard:
+            expired.set()
+            for killer in killers:
+                with contextlib.suppress(OSError):
+                    killer.shutdown(socket.SHUT_RDWR)
+
+    infos = _resolve_host(host, port, deadline, timeout)
+    watchdog = threading.Timer(_remaining(deadline, timeout), expire)
+    watchdog.daemon = True
+    watchdog.start()
+    session = None
+    try:
+        session = _BoundedSMTP(infos, security == "tls", context, register, _remaining(deadline, timeout),
+                               _mail_domain(socket.gethostname()))
+        code, _answer = session.connect(host, port)
+        if code != 220:
+            raise DeliveryError("SMTP %s: the server did not greet with 220" % code)
+        session.ehlo()
+        if security == "starttls":
+            if not session.has_extn("starttls"):
+                raise DeliveryError("SMTP server does not offer STARTTLS: not sending in clear text")
+            session.starttls(context=context)
+            session.ehlo()
+        if channel.get("username"):
+            session.login(str(channel["username"]), str(channel.get("password") or ""))
+        refused = session.send_message(mail, from_addr=str(channel["from"]), to_addrs=recipients)
+        with contextlib.suppress(Exception):
+            session.quit()
+        if refused:
+            log("email: %d of %d recipient(s) refused: %s" % (len(refused), len(recipients),
+                                                               excerpt(", ".join(sorted(refused)))))
+        return "SMTP accepted for %d recipient(s)" % (len(recipients) - len(refused or {}))
+    except DeliveryError:
+        raise
+    except (smtplib.SMTPRecipientsRefused, smtplib.SMTPResponseException) as exc:
+        if expired.is_set():
+            raise DeliveryError("no complete SMTP session within the deadline of %gs" % timeout) from None
+        raise _smtp_error(exc) from None
+    except smtplib.SMTPNotSupportedError:
+        raise DeliveryError("SMTP server does not support AUTH: the credentials cannot be used",
+                            kind=PERMANENT) from None
+    except Exception as exc:  # pylint: disable=broad-except
+        if expired.is_set() or time.monotonic() >= deadline:
+            raise DeliveryError("no complete SMTP session within the deadline of %gs" % timeout) from None
+        raise DeliveryError("SMTP failed: %s" % describe_exception(exc)) from None
+    finally:
+        watchdog.cancel()
+        if session is not None:
+            with contextlib.suppress(Exception):
+                session.close()
+        with guard:
+            for killer in killers:
+                with contextlib.suppress(Exception):
+                    killer.close()
+
+
+SENDERS = {"telegram": send_telegram, "webhook": send_webhook, "command": send_command, "slack": send_slack,
+           "discord": send_discord, "ntfy": send_ntfy, "pagerduty": send_pagerduty, "email": send_email}
 
 
 def send(cfg, channel, msg):
