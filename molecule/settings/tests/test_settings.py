@@ -1,0 +1,200 @@
+"""Every role variable set to a non-default value changes what the host uses.
+
+Each test names the variables it covers (tests/unit/test_settings_scenario.py checks that every
+variable of every role's argument_specs is named here and set in molecule.yml to a non-default value).
+"""
+import json
+import os
+import re
+import time
+
+import pytest
+import testinfra.utils.ansible_runner
+
+testinfra_hosts = testinfra.utils.ansible_runner.AnsibleRunner(
+    os.environ["MOLECULE_INVENTORY_FILE"]).get_hosts("agentops_test")
+
+WEBHOOK = 18095
+HERE = os.path.dirname(os.path.abspath(__file__))
+# The host's own loaders: what `agentops` uses is what these print (run with the host command's -I).
+HOST_SETTINGS = r"""
+import json, sys
+sys.path.insert(0, "/usr/local/lib/agentops")
+from agentops_host import alert, config
+cfg = config.load_host_config("/etc/agentops")
+out = dict(alert.settings(cfg), host=cfg["host"], repeat=cfg["alert_repeat_seconds"],
+           rotation=config.load_rotation_config("/etc/agentops"))
+print(json.dumps(out))
+"""
+
+
+def wait_for(predicate, timeout, interval=0.5, message="condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError("timed out after %ss waiting for %s (last: %r)" % (timeout, message, value))
+        time.sleep(interval)
+
+
+def show(host, unit, *props):
+    out = host.check_output("systemctl show %s %s" % (unit, " ".join("-p " + p for p in props)))
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def host_settings(host):
+    return json.loads(host.check_output("python3 -I -c %s" % _quote(HOST_SETTINGS)))
+
+
+def _quote(text):
+    return "'" + text.replace("'", "'\\''") + "'"
+
+
+def webhook_messages(host):
+    log = host.file("/var/log/agentops-fake-endpoint/%d.jsonl" % WEBHOOK)
+    if not log.exists:
+        return []
+    return [json.loads(json.loads(line)["body"]) for line in log.content_string.splitlines() if line.strip()]
+
+
+def test_agents_role_defaults_reach_systemd(host):
+    """agentops_agents_hardening, agentops_agents_restart_sec, agentops_agents_timeout_stop_sec,
+    agentops_agents_start_limit_interval_sec, agentops_agents_start_limit_burst, agentops_agents_memory_max,
+    agentops_agents_cpu_quota, agentops_agents_tasks_max: an agent without its own values gets these."""
+    props = show(host, "agentops-plain.service", "RestartUSec", "TimeoutStopUSec", "StartLimitIntervalUSec",
+                 "StartLimitBurst", "MemoryMax", "CPUQuotaPerSecUSec", "TasksMax", "MemoryDenyWriteExecute",
+                 "ActiveState")
+    assert props == {"RestartUSec": "7s", "TimeoutStopUSec": "12s", "StartLimitIntervalUSec": "3min",
+                     "StartLimitBurst": "4", "MemoryMax": str(300 * 1024 * 1024), "CPUQuotaPerSecUSec": "1.500000s",
+                     "TasksMax": "100", "MemoryDenyWriteExecute": "yes",  # the strict profile
+                     "ActiveState": "active"}, props
+
+
+def test_rotation_period_default_and_rotation_settings(host):
+    """agentops_agents_every_days is the period of a token_rotation entry without every_days;
+    agentops_token_rotation_grace_days and agentops_token_rotation_timeout_seconds are what agentops rotate loads."""
+    rows = json.loads(host.check_output("/usr/local/bin/agentops rotate --list --json"))
+    assert [(r["agent"], r["credential"], r["every_days"]) for r in rows] == [("plain", "api_token", 30)], rows
+    assert host_settings(host)["rotation"] == {"grace_days": 3, "timeout_seconds": 60}
+
+
+def test_rotation_runs_from_the_chosen_cron_daemon(host):
+    """agentops_token_rotation_hour and agentops_token_rotation_minute set the daily run;
+    agentops_token_rotation_cron_package and agentops_token_rotation_cron_service choose the daemon
+    (systemd-cron here: cron.target, and a timer generated from the cron file)."""
+    line = [entry for entry in host.file("/etc/cron.d/agentops-token-rotation").content_string.splitlines()
+            if entry and not entry.startswith("#")]
+    assert len(line) == 1 and line[0].startswith("41 5 * * * root "), line
+    assert host.package("systemd-cron").is_installed
+    assert host.service("cron.target").is_running and host.service("cron.target").is_enabled
+    timers = wait_for(lambda: host.check_output("systemctl list-units --all --no-legend 'cron-*agentops*'"), 60,
+                      message="systemd-cron's timer for /etc/cron.d/agentops-token-rotation")
+    assert ".timer" in timers, timers
+
+
+def test_alert_settings_are_what_the_host_uses(host):
+    """agentops_alert_timeout, agentops_alert_retry_after_max, agentops_alert_max_age,
+    agentops_alert_permanent_failures, agentops_alert_spool_max, agentops_alert_repeat and
+    agentops_alert_host_name, as the host command loads them; agentops_alert_flush_interval is the
+    flush timer's period."""
+    loaded = host_settings(host)
+    assert {k: loaded[k] for k in ("timeout", "max_wait", "max_age", "permanent_failures", "spool_max",
+                                   "repeat", "host")} == {
+        "timeout": 7.0, "max_wait": 20.0, "max_age": 43200.0, "permanent_failures": 5, "spool_max": 300,
+        "repeat": 7200, "host": "fleet-%s" % host.backend.host}
+    timers = host.check_output("systemctl show -p TimersMonotonic agentops-alert-flush.timer")
+    assert "OnUnitActiveUSec=45s" in timers, timers
+
+
+def test_heartbeat_tick_and_disk_check(host):
+    """agentops_heartbeat_tick (20s, shorter than the agents' 1min interval) is the timer's period;
+    agentops_heartbeat_disk_threshold_percent (1) and agentops_heartbeat_disk_paths ([/var/tmp]) make the
+    heartbeat warn about /var/tmp's filesystem, and agentops_alert_channels / agentops_alert_host_name
+    deliver it to the webhook with this host's configured name."""
+    timers = host.check_output("systemctl show -p TimersMonotonic agentops-heartbeat.timer")
+    assert "OnUnitActiveUSec=20s" in timers, timers
+
+    def disk_alert():
+        return [m for m in webhook_messages(host) if m.get("key") == "host/disk:/var/tmp"]
+
+    found = wait_for(disk_alert, 90, message="the disk warning for /var/tmp at the webhook")
+    assert found[0]["host"] == "fleet-%s" % host.backend.host and found[0]["severity"] == "warning", found[0]
+    assert "threshold 1%" in found[0]["title"], found[0]
+    assert not [m for m in webhook_messages(host) if m.get("key") == "host/disk:/var/log/journal"]
+
+
+def test_auth_timeout_and_unreachable_policy(host, run_playbook):
+    """agentops_auth_timeout (3 s) cuts off an endpoint that answers after 5 s, and
+    agentops_auth_fail_on_unreachable: false turns that into a warning, not a failed play
+    agentops_auth_check_at_deploy: false kept site.yml's converge and idempotence runs from asking the
+    endpoint at all (the agent is disabled, so no session start asked it either)."""
+    def asked():
+        log = host.file("/var/log/agentops-fake-endpoint/18096.jsonl")
+        return log.content_string.count('"/slow"') if log.exists else 0
+
+    assert asked() == 0
+    result = run_playbook(host, os.path.join(HERE, "auth_only.yml"))
+    assert asked() == 1
+    assert result.rc == 0, result.output[-3000:]
+    assert re.search(r"agent gated, AUTH_UNREACHABLE: auth check 'slow'\s+UNREACHABLE: GET\s+"
+                     r"http://127.0.0.1:18096/slow did not answer within 3s", result.output), result.output[-3000:]
+
+
+def test_journald_uses_the_configured_limits(host):
+    """agentops_journald_system_max_use, agentops_journald_system_keep_free,
+    agentops_journald_max_retention_sec, agentops_journald_system_max_file_size,
+    agentops_journald_max_file_sec, agentops_journald_rate_limit_interval_sec,
+    agentops_journald_rate_limit_burst, agentops_journald_compress and agentops_journald_extra_settings
+    are in journald's merged configuration, and the running journald reports the size limits."""
+    merged = host.check_output("systemd-analyze cat-config systemd/journald.conf")
+    dropin = merged.split("# /etc/systemd/journald.conf.d/agentops.conf", 1)[1]
+    for line in ("SystemMaxUse=64M", "SystemKeepFree=50M", "MaxRetentionSec=3day", "SystemMaxFileSize=8M",
+                 "MaxFileSec=1day", "RateLimitIntervalSec=10s", "RateLimitBurst=2000", "Compress=no",
+                 "MaxLevelStore=info"):
+        assert re.search(r"^%s$" % re.escape(line), dropin, re.M), (line, dropin)
+    # journald logs its limits when it opens the system journal: max 64M, at most 8M per file
+    host.run_expect([0], "journalctl --rotate")
+    limits = wait_for(lambda: host.run("journalctl -b -u systemd-journald --no-pager -o cat | "
+                                       "grep -E 'System Journal .* max 64(\\.0)?M'").stdout, 30,
+                      message="journald's report of its limits")
+    assert limits
+
+
+# A sample of the contract's rejections, one or more per role, each run through site.yml: the play
+# fails in its first step with a message naming the variable, and nothing under /etc changes.
+REJECTED = {
+    "agents": ({"agentops_agents_memory_max": "a lot"}, "agentops_agents_memory_max: 'a lot' is not a size"),
+    "agents-every-days": ({"agentops_agents_every_days": 0}, "agentops_agents_every_days: 0 is not a whole number"),
+    "alerts": ({"agentops_alert_repeat": "soon"}, "agentops_alert_repeat: 'soon' is not a systemd time span"),
+    "alerts-channel": ({"agentops_alert_channels": [{"type": "webhook", "url": "ftp://127.0.0.1/x"}]},
+                       "agentops_alert_channels[0] (webhook).url must be an http:// or https:// URL"),
+    "auth": ({"agentops_auth_timeout": 0}, "agentops_auth_timeout: 0 is not a whole number"),
+    "heartbeat": ({"agentops_heartbeat_disk_threshold_percent": 150},
+                  "agentops_heartbeat_disk_threshold_percent: 150 is not a whole number between 1 and 100"),
+    "journald": ({"agentops_journald_extra_settings": {"Bad Key": "x"}},
+                 "agentops_journald_extra_settings: 'Bad Key' is not a valid extra [Journal] setting"),
+    "token-rotation": ({"agentops_token_rotation_hour": 25},
+                       "agentops_token_rotation_hour: 25 is not a whole number between 0 and 23"),
+    "removed": ({"agentops_common_config_dir": "/opt/agentops"},
+                "agentops_common_config_dir: was removed: the path is fixed at /etc/agentops"),
+}
+
+
+def etc_snapshot(host):
+    return host.check_output(
+        "find /etc/agentops /etc/systemd/system /etc/cron.d /etc/systemd/journald.conf.d -xdev "
+        "-printf '%p %u %g %m %y %s %T@\\n' | sort; "
+        "find /etc/agentops /etc/systemd/system /etc/cron.d /etc/systemd/journald.conf.d -xdev -type f "
+        "-exec sha256sum {} + | sort")
+
+
+@pytest.mark.parametrize("case", sorted(REJECTED))
+def test_site_rejects_bad_settings_before_any_change(host, run_playbook, case):
+    extra_vars, message = REJECTED[case]
+    before = etc_snapshot(host)
+    result = run_playbook(host, os.path.join(HERE, "..", "converge.yml"), extra_vars=extra_vars, expect_fail=True)
+    assert message in " ".join(result.output.split()), result.output[-3000:]
+    assert result.recap.get("changed") == 0 and result.recap.get("failed") == 1, result.recap
+    assert etc_snapshot(host) == before
