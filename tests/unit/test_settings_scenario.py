@@ -20,6 +20,8 @@ def _role_options():
     roles = os.path.join(ROOT, "roles")
     for role in sorted(os.listdir(roles)):
         path = os.path.join(roles, role, "meta", "argument_specs.yml")
+        if not os.path.exists(path):  # the contract role has no variables of its own
+            continue
         with open(path, encoding="utf-8") as handle:
             specs = yaml.safe_load(handle)["argument_specs"]
         for spec in specs.values():
