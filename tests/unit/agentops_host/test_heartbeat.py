@@ -18,9 +18,14 @@ from agentops_host import heartbeat
 from test_alert_helpers import make_args, recorder, webhook_channel, write_config  # noqa: F401  (fixture)
 
 FAKE_SYSTEMCTL = """#!/bin/sh
-# test stand-in: `systemctl show ... -- UNIT` prints $FAKE_SYSTEMD_DIR/UNIT.props
-for last; do :; done
-cat "%s/$last.props"
+# test stand-in: `systemctl show ... -- UNIT...` prints DIR/UNIT.props of every unit, blank line apart
+while [ "$1" != "--" ]; do shift; done; shift
+first=1
+for unit; do
+  [ $first = 1 ] || echo
+  first=0
+  cat "%s/$unit.props"
+done
 """
 
 

@@ -18,23 +18,36 @@ every agent in ``agents.d``:
   (``agentops_host.check_auth``, when installed) -> ``auth:<agent>:<check>`` (the keys of
   ``agentops check-auth``); overdue token rotations (``agentops_host.rotate.overdue``, when installed);
 * once per run: the filesystems of the journal and of the state directory above the
-  disk threshold -> ``host/disk:<path>``.
+  disk threshold -> ``host/disk:<path>``;
+* once per run, from ``<config_dir>/heartbeat.json`` (the heartbeat role): the dead man's switch
+  (``agentops_host.deadman``: the host's targets get the run's outcome, an agent's targets its
+  health) and the Prometheus textfile ``agentops.prom`` (``agentops_host.metrics``). Neither can
+  fail or hold up the run: pings share one 10 s budget, a missing metrics directory is skipped;
+  both are recorded in ``<state_dir>/.heartbeat/run.json`` for ``agentops status``.
+
+Cost: one ``systemctl show`` for all units and one ``journalctl`` for the journal progress of all
+agents since the previous run (an agent the previous run did not see is read on its own once).
 
 Every condition that clears sends exactly one ``resolved`` (see alert.resolve).
 """
 import datetime
+import json
 import os
 import pwd
+import subprocess
 import time
 
 from agentops_host import alert
 from agentops_host import check_auth as checkauth
 from agentops_host import config as hostconfig
+from agentops_host import deadman
+from agentops_host import metrics
 from agentops_host import rotate
 from agentops_host import state
 from agentops_host import systemd
 from agentops_lib import agentops_auth
 from agentops_lib import agentops_safefile as safefile
+from agentops_lib.agentops_systemd import parse_show
 
 try:
     from agentops_lib.agentops_timespan import parse_timespan
@@ -48,6 +61,15 @@ DEFAULT_MAX_SILENCE = 30 * 60.0
 # agentops_heartbeat_disk_threshold_percent's default; the heartbeat unit passes --disk-threshold.
 DEFAULT_DISK_THRESHOLD = 90.0
 COMMAND_TIMEOUT_MAX = 60.0
+RUN_FILE = "run.json"
+# The journal is read once per run since the previous run's start minus this slack (journald may
+# store a line a little after its timestamp); an agent not seen within JOURNAL_BATCH_MAX_AGE is read alone.
+JOURNAL_SLACK = 60.0
+JOURNAL_BATCH_MAX_AGE = 3600.0
+JOURNAL_MAX_LINES = 200000
+SYSTEMCTL_TIMEOUT = 60.0
+# ActiveState values that count as running.
+RUNNING = ("active", "reloading")
 
 
 def seconds(value, default=None):
@@ -182,17 +204,18 @@ def run_poll_command(agent, command, timeout):
     return result["returncode"] == 0
 
 
-def last_progress(agent, props, hbstate, now=None, run_command=False):
+def last_progress(agent, props, hbstate, now=None, run_command=False, journal=None):
     """Epoch seconds of the agent's last sign of progress (None when unknown).
 
     The start of the current activation counts as progress, so a freshly started agent is
-    given ``max_silence`` before it is called silent.
+    given ``max_silence`` before it is called silent. ``journal``: a callable returning the newest
+    journal time of the unit (the heartbeat's one read for all agents); default: journalctl for this unit.
     """
     hb = agent.get("heartbeat") or {}
     mode = hb.get("progress") or "journal"
     seen = None
     if mode == "journal":
-        seen = systemd.last_journal_time(agent["unit"])
+        seen = journal(agent) if journal is not None else systemd.last_journal_time(agent["unit"])
     elif mode == "file":
         seen, problem = entry_mtime(agent, hb.get("file") or "heartbeat")
         _note_unsafe(agent, hbstate, "progress_file", problem)
@@ -210,6 +233,114 @@ def last_progress(agent, props, hbstate, now=None, run_command=False):
     return max(candidates) if candidates else None
 
 
+def show_all(units, timeout=SYSTEMCTL_TIMEOUT):
+    """{unit: properties} of every unit from ONE ``systemctl show`` (blocks come in argument order).
+
+    A unit missing from the answer (systemctl failed) is absent from the result: the caller falls
+    back to ``systemd.show`` for it.
+    """
+    if not units:
+        return {}
+    try:
+        proc = subprocess.run([systemd.SYSTEMCTL, "show", "--no-pager", "-p", ",".join(systemd.SHOW_PROPERTIES),
+                               "--"] + list(units), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              universal_newlines=True, timeout=timeout, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    if proc.returncode != 0:
+        return {}
+    found = parse_show(proc.stdout)
+    return dict((unit, found[unit]) for unit in units if unit in found)
+
+
+class Journal:
+    """The newest journal time of many units from one ``journalctl`` since the previous run.
+
+    ``previous``: the start (epoch) of the previous heartbeat run, None when unknown. An agent whose
+    state shows it was not read in that run (new, or its state is gone) is read alone, once
+    (``systemd.last_journal_time``); the others keep their recorded time, raised by what the one
+    read since the previous run (minus ``JOURNAL_SLACK``) found. journalctl reads newest first and
+    is stopped once every unit was seen (or after ``JOURNAL_MAX_LINES`` lines).
+    """
+
+    def __init__(self, previous, now):
+        self.previous = previous if previous and 0 < now - previous <= JOURNAL_BATCH_MAX_AGE else None
+        self.now = now
+        self.seen = {}
+        self.known = {}
+        self.alone = set()
+
+    def plan(self, agents, hbstates):
+        """Decide which agents' units the one read covers; remember what their state recorded."""
+        batch = []
+        for agent in agents:
+            if ((agent.get("heartbeat") or {}).get("progress") or "journal") != "journal":
+                continue
+            hbstate = hbstates.get(agent["name"]) or {}
+            checked = hbstate.get("journal_checked")
+            if (self.previous is None or not isinstance(checked, (int, float))
+                    or checked < self.previous - 1.0):
+                self.alone.add(agent["unit"])
+                continue
+            recorded = hbstate.get("journal_seen")
+            self.known[agent["unit"]] = recorded if isinstance(recorded, (int, float)) else None
+            batch.append(agent["unit"])
+        if batch:
+            self._read(batch, self.previous - JOURNAL_SLACK)
+        for unit in batch:
+            if self.known.get(unit) is not None:
+                self.seen[unit] = max(self.known[unit], self.seen.get(unit) or 0)
+
+    def _read(self, units, since):
+        argv = [systemd.JOURNALCTL, "--no-pager", "-q", "-r", "-o", "json", "--output-fields=_SYSTEMD_UNIT",
+                "--since", "@%d" % int(since)] + ["_SYSTEMD_UNIT=%s" % unit for unit in units]
+        wanted = set(units)
+        try:
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        except OSError:
+            return
+        lines = 0
+        try:
+            for line in proc.stdout:
+                lines += 1
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue
+                unit = entry.get("_SYSTEMD_UNIT") if isinstance(entry, dict) else None
+                if unit in wanted and unit not in self.seen:
+                    stamp = systemd.as_int(entry.get("__REALTIME_TIMESTAMP"), 0)
+                    if stamp:
+                        self.seen[unit] = stamp / 1e6
+                        if len(self.seen) >= len(wanted):
+                            break
+                if lines >= JOURNAL_MAX_LINES:
+                    break
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.stdout.close()
+            proc.wait()
+
+    def checked(self, agent):
+        return agent["unit"] in self.known or agent["unit"] in self.alone
+
+    def newest(self, agent):
+        unit = agent["unit"]
+        if unit in self.alone and unit not in self.seen:
+            self.seen[unit] = systemd.last_journal_time(unit)
+        return self.seen.get(unit)
+
+
+def is_up(agent, props):
+    """agentops_agent_up: the unit runs, or a scheduled agent (a one-shot started by its timer) is
+    between runs after a successful one (inactive, Result=success)."""
+    active = props.get("ActiveState")
+    if active in RUNNING or active == "activating" and agent.get("schedule"):
+        return True
+    return bool(agent.get("schedule")) and active == "inactive" and props.get("Result") == "success"
+
+
 class Checker:
     """One heartbeat run."""
 
@@ -218,14 +349,31 @@ class Checker:
         self.cfg = cfg
         self.tick = float(getattr(args, "tick", None) or DEFAULT_TICK)
         self.errors = 0
+        # The keys open when the run started (one read), kept up to date by _emit/_resolve: a key
+        # that is not open needs no resolve (no lock, no read per agent and run).
+        self.open_keys = None
+        self.props = {}
+        self.journal = None
+        self.samples = []
 
     def _emit(self, severity, key, title, body="", agent=None, unit=None):
         if not alert.emit(self.args, severity, key, title, body, agent=agent, unit=unit):
             self.errors += 1
+        if self.open_keys is not None:
+            self.open_keys.add(key)
 
     def _resolve(self, key, title="", body="", agent=None, unit=None):
+        if self.open_keys is not None and key not in self.open_keys:
+            return
         if not alert.resolve(self.args, key, title=title, body=body, agent=agent, unit=unit):
             self.errors += 1
+        if self.open_keys is not None:
+            self.open_keys.discard(key)
+
+    def _is_open(self, key):
+        if self.open_keys is not None:
+            return key in self.open_keys
+        return alert.is_open(self.args, key)
 
     # -- per agent ---------------------------------------------------------------------------
     def check_agent(self, agent, now):
@@ -235,7 +383,9 @@ class Checker:
         interval = seconds(hb.get("interval"), DEFAULT_INTERVAL)
         due = (self.args.force or now - float(hbstate.get("last_full_check", 0))
                >= interval - min(self.tick / 2.0, interval / 2.0))
-        props = systemd.show(unit)
+        props = self.props.get(unit)
+        if props is None:
+            props = systemd.show(unit)
         active, sub = props.get("ActiveState", "unknown"), props.get("SubState", "unknown")
         restarts = systemd.as_int(props.get("NRestarts"), 0)
         expected = agent.get("enabled", True) and agent.get("state", "present") == "present"
@@ -249,7 +399,11 @@ class Checker:
             self.check_rotation(agent, hbstate)
             hbstate["last_full_check"] = now
         hbstate.update(last_check=now, active_state=active, sub_state=sub, nrestarts=restarts, unit=unit)
+        if self.journal is not None and self.journal.checked(agent):
+            hbstate["journal_seen"] = self.journal.seen.get(unit, hbstate.get("journal_seen"))
+            hbstate["journal_checked"] = now
         state.write_json(state_path(self.args, name), hbstate)
+        self.samples.append((agent, props, hbstate))
 
     def check_liveness(self, agent, props, hbstate, now, expected):
         name, unit = agent["name"], agent["unit"]
@@ -283,7 +437,7 @@ class Checker:
         stable = max(3 * restart_sec + self.tick, 2 * self.tick, 30.0)
         if (props.get("ActiveState") == "active"
                 and now - float(hbstate.get("last_restart_seen", 0)) >= stable
-                and alert.is_open(self.args, key)):
+                and self._is_open(key)):
             self._resolve(key, title="%s stopped crash looping (no restart for %ds)" % (unit, stable),
                           agent=name, unit=unit)
 
@@ -294,11 +448,12 @@ class Checker:
         max_silence = seconds(hb.get("max_silence"))
         if props.get("ActiveState") != "active" or not max_silence:
             hbstate["last_progress"] = None
-            if max_silence and alert.is_open(self.args, key):
+            if max_silence and self._is_open(key):
                 self._resolve(key, title="%s is no longer running: silence check suspended" % unit,
                               agent=name, unit=unit)
             return
-        seen = last_progress(agent, props, hbstate, now=now, run_command=due)
+        seen = last_progress(agent, props, hbstate, now=now, run_command=due,
+                             journal=self.journal.newest if self.journal is not None else None)
         hbstate["last_progress"] = seen
         age = now - seen if seen else None
         if age is not None and age > max_silence:
@@ -397,35 +552,161 @@ class Checker:
                 state.remove(os.path.join(directory, entry))
 
 
+def run_path(args):
+    return os.path.join(heartbeat_dir(args), RUN_FILE)
+
+
+def load_settings(args):
+    """heartbeat.json (dead man's switch, metrics directory): (settings, problem)."""
+    try:
+        return deadman.load_settings(args.config_dir), None
+    except deadman.SettingsError as exc:
+        return {"metrics_textfile_dir": None, "deadman": [], "agents": {}, "present": True}, str(exc)
+
+
+def agent_health(checker, open_now):
+    """{agent: (healthy, message)} for the per-agent dead man's switch: an agent is unhealthy while it
+    has an open critical or warning alert (``open_now``: the open alerts after the run's checks)."""
+    bad = {}
+    for item in open_now:
+        if item.get("severity") in ("critical", "warning") and item.get("agent"):
+            bad.setdefault(item["agent"], []).append(str(item.get("key")))
+    out = {}
+    for agent, _props, _hbstate in checker.samples:
+        keys = bad.get(agent["name"])
+        out[agent["name"]] = (not keys, ("%d open alert(s): %s" % (len(keys), ", ".join(sorted(keys))))
+                              if keys else "OK")
+    return out
+
+
+def collect_samples(args, checker, now, started, finished, open_now):
+    """The metric samples of this run ({metric name: [(labels, value)]})."""
+    samples = dict((name, []) for name in metrics.NAMES)
+    for agent, props, hbstate in checker.samples:
+        name = agent["name"]
+        samples["agentops_agent_up"].append(({"agent": name}, 1 if is_up(agent, props) else 0))
+        samples["agentops_agent_restarts_total"].append(({"agent": name}, systemd.as_int(props.get("NRestarts"), 0)))
+        seen = hbstate.get("last_progress")
+        if isinstance(seen, (int, float)) and seen:
+            samples["agentops_agent_progress_age_seconds"].append(({"agent": name}, max(0.0, round(now - seen, 3))))
+        for result in hbstate.get("auth") or [] if isinstance(hbstate.get("auth"), list) else []:
+            if isinstance(result, dict) and result.get("name") is not None:
+                samples["agentops_agent_auth_ok"].append(
+                    ({"agent": name, "check": str(result["name"])},
+                     1 if str(result.get("status")) in ("AUTH_OK", "AUTH_EXPIRING") else 0))
+        try:
+            for entry in rotate._entries(agent):  # pylint: disable=protected-access
+                item = rotate.schedule_entry(args, agent, entry, now)
+                if item.get("next_due") is not None:
+                    samples["agentops_agent_rotation_due_timestamp_seconds"].append(
+                        ({"agent": name, "credential": entry["credential"]}, int(item["next_due"])))
+        except Exception as exc:  # pylint: disable=broad-except  # metrics never fail the run
+            alert.log("heartbeat %s: rotation due time unknown for the metrics: %s" % (name, alert.scrub(exc)))
+    counts = dict((severity, 0) for severity in metrics.SEVERITIES)
+    for item in open_now:
+        if item.get("severity") in counts:
+            counts[item["severity"]] += 1
+    samples["agentops_open_alerts"] = [({"severity": sev}, counts[sev]) for sev in metrics.SEVERITIES]
+    samples["agentops_heartbeat_last_run_timestamp_seconds"] = [({}, round(finished, 3))]
+    samples["agentops_heartbeat_duration_seconds"] = [({}, round(max(0.0, finished - started), 3))]
+    return samples
+
+
 def run(args):
+    started = time.time()
+    clock = time.monotonic()
     cfg = alert.load_config(args)
     checker = Checker(args, cfg)
-    now = time.time()
+    now = started
     state.ensure_dir(heartbeat_dir(args))
-    with state.locked(os.path.join(heartbeat_dir(args), ".lock")):
-        names = hostconfig.agent_names(args.config_dir)
-        wanted = set(args.agent or names)
-        for name in names:
-            if name not in wanted:
-                continue
-            try:
-                agent = hostconfig.load_agent(args.config_dir, name)
-                if agent.get("state", "present") != "present":
+    settings, settings_problem = load_settings(args)
+    if settings_problem:
+        alert.log("heartbeat: %s; running without a dead man's switch and metrics" % settings_problem)
+    pings = deadman.Run(args, settings, alert.log)
+    pings.start()
+    record = {"started": started, "settings_error": settings_problem}
+    crashed = None
+    try:
+        with state.locked(os.path.join(heartbeat_dir(args), ".lock")):
+            previous = state.read_json(run_path(args), {}, expect=dict)
+            names = hostconfig.agent_names(args.config_dir)
+            wanted = set(args.agent or names)
+            agents, hbstates = [], {}
+            for name in names:
+                if name not in wanted:
                     continue
-                checker.check_agent(agent, now)
-            except Exception as exc:  # pylint: disable=broad-except
-                checker.errors += 1
-                alert.log("heartbeat %s: check failed: %s" % (name, exc))
-        if not args.agent:
-            checker.resolve_removed(set(names))
-            threshold = args.disk_threshold if args.disk_threshold is not None else DEFAULT_DISK_THRESHOLD
-            paths = args.disk_path or [p for p in ("/var/log/journal", args.state_dir) if os.path.isdir(p)]
-            checker.check_disk(paths, threshold)
+                try:
+                    agent = hostconfig.load_agent(args.config_dir, name)
+                except Exception as exc:  # pylint: disable=broad-except
+                    checker.errors += 1
+                    alert.log("heartbeat %s: check failed: %s" % (name, exc))
+                    continue
+                if agent.get("state", "present") == "present":
+                    agents.append(agent)
+                    hbstates[name] = load_state(args, name)
+            checker.open_keys = set(a.get("key") for a in alert.open_alerts(args))
+            checker.props = show_all([a["unit"] for a in agents])
+            last = previous.get("started")
+            checker.journal = Journal(last if isinstance(last, (int, float)) and not args.agent else None, now)
+            checker.journal.plan(agents, hbstates)
+            for agent in agents:
+                try:
+                    checker.check_agent(agent, now)
+                except Exception as exc:  # pylint: disable=broad-except
+                    checker.errors += 1
+                    alert.log("heartbeat %s: check failed: %s" % (agent["name"], exc))
+            if not args.agent:
+                checker.resolve_removed(set(names))
+                threshold = args.disk_threshold if args.disk_threshold is not None else DEFAULT_DISK_THRESHOLD
+                paths = args.disk_path or [p for p in ("/var/log/journal", args.state_dir) if os.path.isdir(p)]
+                checker.check_disk(paths, threshold)
+    except BaseException as exc:
+        crashed = exc
+    open_now = alert.open_alerts(args)
+    critical = [a.get("key") for a in open_now if a.get("severity") == "critical"]
+    if crashed is not None:
+        host_ok, message = False, "heartbeat run crashed: %s" % type(crashed).__name__
+    elif checker.errors:
+        host_ok, message = False, "%d check(s) could not run" % checker.errors
+    elif critical:
+        host_ok, message = False, "%d critical alert(s) open" % len(critical)
+    else:
+        host_ok, message = True, "OK"
+    try:
+        pings.finish(host_ok, message, agent_health(checker, open_now) if crashed is None else {})
+    except Exception as exc:  # pylint: disable=broad-except  # the dead man's switch never breaks the run
+        alert.log("heartbeat: dead man's switch failed: %s" % alert.scrub(exc))
+    finished = time.time()
+    if crashed is None and not args.agent:
+        try:
+            text = metrics.render(collect_samples(args, checker, now, started, started + time.monotonic() - clock,
+                                                  open_now))
+            status, detail = metrics.write(settings.get("metrics_textfile_dir"), text)
+        except Exception as exc:  # pylint: disable=broad-except  # metrics never fail the run
+            status, detail = "error", "%s: %s" % (type(exc).__name__, alert.scrub(exc))
+        if status in ("missing", "error") and (previous.get("metrics") or {}).get("detail") != detail:
+            alert.log("heartbeat: metrics %s: %s" % (status, detail))
+        record["metrics"] = {"status": status, "detail": detail, "dir": settings.get("metrics_textfile_dir") or "",
+                             "at": finished}
+        record["finished"] = finished
+        record["duration"] = round(time.monotonic() - clock, 3)
+        record["ok"] = host_ok
+        try:
+            state.write_json(run_path(args), record)
+        except OSError as exc:
+            alert.log("heartbeat: cannot record the run in %s: %s" % (run_path(args), exc.strerror or exc))
+    if crashed is not None:
+        raise crashed
     if checker.errors:
         return 1
     checker._resolve(alert.down_key(None, "agentops-heartbeat.service"),
                      title="agentops-heartbeat.service runs again")
     return 0
+
+
+def run_status(args):
+    """What the last run recorded (run.json): started, finished, duration, ok, metrics, settings_error."""
+    return state.read_json(run_path(args), {}, expect=dict)
 
 
 def _cmd_heartbeat(args):
