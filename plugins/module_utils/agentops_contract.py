@@ -319,6 +319,79 @@ SETTING_CHECKS.update({
     "agentops_auth_check_at_deploy": _bool_problem,
 })
 
+# --------------------------------------------------------------------------- dead man's switch
+# Who watches the watcher: services pinged by every heartbeat run (agentops_deadman, and per agent
+# heartbeat.deadman). The URL usually holds a token (healthchecks UUID, Uptime Kuma push token,
+# Cronitor key): messages never show it.
+DEADMAN_TYPES = ("healthchecks", "uptime_kuma", "cronitor", "http")
+DEADMAN_KEYS = ("type", "url")
+DEADMAN_URL_RE = re.compile(r"^https?://[^\s/?#@]+(/[^\s#]*)?(\?[^\s#]*)?\Z")
+DEADMAN_MAX = 20
+
+
+def deadman_problems(entries):
+    """(where, text) problems of a dead man's switch list: ``where`` is "" for the list itself or
+    ``[<index>]`` / ``[<index>].<field>``; the URL is never part of a message."""
+    if entries is None:
+        return []
+    if not isinstance(entries, list):
+        return [("", "must be a list of {type, url} (type: %s)" % ", ".join(DEADMAN_TYPES))]
+    problems = []
+    if len(entries) > DEADMAN_MAX:
+        problems.append(("", "has %d entries, more than %d" % (len(entries), DEADMAN_MAX)))
+    seen = set()
+    for index, entry in enumerate(entries):
+        where = "[%d]" % index
+        if not isinstance(entry, dict):
+            problems.append((where, "must be a mapping with the keys type and url (type: %s)" % ", ".join(DEADMAN_TYPES)))
+            continue
+        for key in entry:
+            if key not in DEADMAN_KEYS:
+                shown = repr(key) if isinstance(key, str) and not UNSAFE_CHARS_RE.search(key) else "(not shown)"
+                problems.append(("%s.%s" % (where, key) if shown != "(not shown)" else where,
+                                 "unknown key %s (allowed: %s)" % (shown, ", ".join(DEADMAN_KEYS))))
+        kind = entry.get("type")
+        if kind not in DEADMAN_TYPES:
+            shown = repr(kind) if isinstance(kind, str) and not UNSAFE_CHARS_RE.search(kind) else "(not shown)"
+            problems.append((where + ".type", "%s is not one of %s" % (shown, ", ".join(DEADMAN_TYPES))))
+        url = entry.get("url")
+        if not (isinstance(url, str) and DEADMAN_URL_RE.match(url) and not UNSAFE_CHARS_RE.search(url)
+                and len(url) <= 2048):
+            problems.append((where + ".url", "must be an http:// or https:// URL on one line, without spaces, "
+                                             "user:password@ or #fragment, at most 2048 characters (value not shown)"))
+        elif (kind, url) in seen:
+            problems.append((where + ".url", "the same %s URL is listed twice (value not shown)" % kind))
+        seen.add((kind, url))
+    return problems
+
+
+def deadman_errors(entries, variable):
+    """Messages (naming ``variable``, e.g. ``agentops_deadman``) for a dead man's switch list."""
+    return ["%s%s: %s" % (variable, where, text) for where, text in deadman_problems(entries)]
+
+
+def _deadman_setting_problem(value):
+    problems = deadman_problems(value)
+    if not problems:
+        return None
+    return "; ".join("%s%s" % (("%s " % where) if where else "", text) for where, text in problems)
+
+
+def _textfile_dir_problem(value):
+    if value is None or value == "":
+        return None
+    problem = path_problem(value, own=True)
+    if problem:
+        return "%s; an empty string turns the metrics file off" % problem
+    return None
+
+
+SETTING_CHECKS.update({
+    # heartbeat role (/etc/agentops/heartbeat.json)
+    "agentops_deadman": _deadman_setting_problem,
+    "agentops_metrics_textfile_dir": _textfile_dir_problem,
+})
+
 # The fixed names on the host (DESIGN.md): the roles, the units, the cron line and the on-host
 # command all use these, and nothing else. The roles get them as the fact agentops_paths.
 PATHS = {
@@ -587,7 +660,11 @@ AGENT_KEYS = (
     "restart_sec", "timeout_stop_sec", "start_limit_interval_sec", "start_limit_burst",
     "memory_max", "cpu_quota", "tasks_max", "share_user",
 )
-HEARTBEAT_KEYS = ("interval", "max_silence", "progress", "file", "command", "active_hours", "workstate_max_age")
+HEARTBEAT_KEYS = ("interval", "max_silence", "progress", "file", "command", "active_hours", "workstate_max_age",
+                  "deadman")
+# heartbeat keys written into agents.d/<name>.json; heartbeat.deadman (URLs with tokens) goes to the
+# heartbeat role's root-only heartbeat.json instead, never through the agents role's output.
+HEARTBEAT_CONFIG_KEYS = tuple(k for k in HEARTBEAT_KEYS if k != "deadman")
 # Keys of an inventory auth check: agentops_auth.KNOWN_KEYS without the secret-carrying ones
 # (token, token_file, password): an agent's secrets are its credentials.
 INVENTORY_AUTH_KEYS = frozenset(k for k in agentops_auth.KNOWN_KEYS if k not in ("token", "token_file", "password"))
@@ -676,6 +753,8 @@ def _check_heartbeat(errors, where, heartbeat):
     hours = heartbeat.get("active_hours")
     if hours is not None and not (isinstance(hours, str) and HOURS_RE.match(hours)):
         errors.add(where + ".active_hours", "%r is not HH:MM-HH:MM (e.g. 08:00-20:00)" % (hours,))
+    for here, text in deadman_problems(heartbeat.get("deadman")):
+        errors.add(where + ".deadman" + here, text)
 
 
 def auth_check_problems(check):
@@ -947,7 +1026,7 @@ def agents_normalize(agents, defaults):
             for key in ("interval", "max_silence", "workstate_max_age"):
                 if merged[key] is not None:
                     merged[key] = str(merged[key])
-            heartbeat = dict((k, merged[k]) for k in HEARTBEAT_KEYS)
+            heartbeat = dict((k, merged[k]) for k in HEARTBEAT_CONFIG_KEYS)
         user = agent.get("user") or "agent-%s" % name
         entry = {
             "name": name,
@@ -1015,3 +1094,39 @@ def heartbeat_tick(agents, tick):
         interval = (agent.get("heartbeat") or {}).get("interval") or HEARTBEAT_DEFAULTS["interval"]
         seconds = min(seconds, max(TICK_FLOOR, parse_timespan(interval)))
     return _span(seconds)
+
+
+def heartbeat_settings(deadman, agents, textfile_dir):
+    """The content of ``heartbeat.json`` (root only, 0600): the host's dead man's switch, each present agent's
+    ``heartbeat.deadman`` and the Prometheus textfile directory. The heartbeat role writes it with no_log."""
+    per_agent = {}
+    for agent in agents or []:
+        if not isinstance(agent, dict) or agent.get("state", "present") != "present":
+            continue
+        entries = (agent.get("heartbeat") or {}).get("deadman") if isinstance(agent.get("heartbeat"), dict) else None
+        if entries:
+            per_agent[agent["name"]] = [{"type": e["type"], "url": e["url"]} for e in entries]
+    return {
+        "_managed": "Managed by Ansible (agentops.fleet.heartbeat): changes here are overwritten.",
+        "metrics_textfile_dir": textfile_dir or "",
+        "deadman": [{"type": e["type"], "url": e["url"]} for e in deadman or []],
+        "agents": per_agent,
+    }
+
+
+def heartbeat_settings_errors(data):
+    """Problems of a ``heartbeat.json`` read on the host: the same verdicts as the controller's checks of
+    agentops_deadman, agentops_metrics_textfile_dir and agentops_agents[].heartbeat.deadman."""
+    if not isinstance(data, dict):
+        return ["heartbeat.json must hold a JSON object"]
+    errors = deadman_errors(data.get("deadman"), "agentops_deadman")
+    problem = _textfile_dir_problem(data.get("metrics_textfile_dir"))
+    if problem:
+        errors.append("agentops_metrics_textfile_dir: %s" % problem)
+    agents = data.get("agents")
+    if agents is not None and not isinstance(agents, dict):
+        errors.append("agents: must be a mapping of agent name to a dead man's switch list")
+    for name in sorted(agents or {}) if isinstance(agents, dict) else []:
+        label = name if isinstance(name, str) and NAME_RE.match(name) else "?"
+        errors.extend(deadman_errors(agents[name], "agentops_agents[%s].heartbeat.deadman" % label))
+    return errors
