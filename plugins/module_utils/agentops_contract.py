@@ -317,6 +317,7 @@ SETTING_CHECKS.update({
     "agentops_auth_timeout": lambda v: _int_problem(v, 1, 3600),
     "agentops_auth_fail_on_unreachable": _bool_problem,
     "agentops_auth_check_at_deploy": _bool_problem,
+    "agentops_auth_check_at_deploy": _bool_problem,
 })
 
 # --------------------------------------------------------------------------- dead man's switch
@@ -454,10 +455,12 @@ BOT_TOKEN_BAD_RE = re.compile(r"[\s/?#%]")
 RESERVED_HEADERS = ("host", "content-length", "connection", "transfer-encoding")
 ROUTING_KEY_RE = re.compile(r"^[A-Za-z0-9]{32}\Z")
 SMTP_SECURITY = ("starttls", "tls", "none")
-SMTP_HOST_RE = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}\.)*[A-Za-z0-9-]{1,63}\.?|\[[0-9A-Fa-f:.]+\])\Z")
+# A DNS name, an IPv4 address or a bare IPv6 address (getaddrinfo takes no brackets).
+SMTP_HOST_RE = re.compile(r"^(?:(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}"
+                          r"[A-Za-z0-9])?\.?|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*)\Z")
 # A bare address (no display name, no comments): what smtplib puts into MAIL FROM / RCPT TO.
 MAIL_ADDRESS_RE = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9.-]{0,253}[A-Za-z0-9])?\Z")
-LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]", "::1")
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 
 def _url_problem(value, secret=True):

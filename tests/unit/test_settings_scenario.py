@@ -11,12 +11,10 @@ import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCENARIO = os.path.join(ROOT, "molecule", "settings")
-# Read by the playbooks rather than a role (playbooks/site.yml), checked by the scenario as well.
-PLAYBOOK_VARIABLES = {"agentops_auth_check_at_deploy": True}
 
 
 def _role_options():
-    options = dict(PLAYBOOK_VARIABLES)
+    options = {}
     roles = os.path.join(ROOT, "roles")
     for role in sorted(os.listdir(roles)):
         path = os.path.join(roles, role, "meta", "argument_specs.yml")

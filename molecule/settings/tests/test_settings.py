@@ -126,7 +126,7 @@ def test_heartbeat_tick_and_disk_check(host):
 
 
 def test_auth_timeout_and_unreachable_policy(host, run_playbook):
-    """agentops_auth_timeout (3 s) cuts off an endpoint that answers after 5 s, and
+    """agentops_auth_timeout (3 s) cuts off an endpoint that answers after 5 s, on the host and at deploy, and
     agentops_auth_fail_on_unreachable: false turns that into a warning, not a failed play
     agentops_auth_check_at_deploy: false kept site.yml's converge and idempotence runs from asking the
     endpoint at all (the agent is disabled, so no session start asked it either)."""
@@ -135,8 +135,12 @@ def test_auth_timeout_and_unreachable_policy(host, run_playbook):
         return log.content_string.count('"/slow"') if log.exists else 0
 
     assert asked() == 0
-    result = run_playbook(host, os.path.join(HERE, "auth_only.yml"))
+    # on the host (as at every session start and in the heartbeat): the timeout comes from auth.json
+    on_host = host.run("/usr/local/bin/agentops check-auth gated")
+    assert on_host.rc != 0 and "did not answer within 3s" in on_host.stdout, on_host.stdout + on_host.stderr
     assert asked() == 1
+    result = run_playbook(host, os.path.join(HERE, "auth_only.yml"))
+    assert asked() == 2
     assert result.rc == 0, result.output[-3000:]
     assert re.search(r"agent gated, AUTH_UNREACHABLE: auth check 'slow'\s+UNREACHABLE: GET\s+"
                      r"http://127.0.0.1:18096/slow did not answer within 3s", result.output), result.output[-3000:]
@@ -198,3 +202,28 @@ def test_site_rejects_bad_settings_before_any_change(host, run_playbook, case):
     assert message in " ".join(result.output.split()), result.output[-3000:]
     assert result.recap.get("changed") == 0 and result.recap.get("failed") == 1, result.recap
     assert etc_snapshot(host) == before
+
+
+def test_deadman_and_metrics_textfile_dir(host):
+    """agentops_deadman (a healthchecks URL on the 18096 receiver) is pinged by the heartbeat runs with
+    /start and the plain URL, and agentops_metrics_textfile_dir (/var/tmp/agentops-metrics, absent at
+    first: skipped and shown as missing) receives agentops.prom once it exists."""
+    def pings():
+        log = host.file("/var/log/agentops-fake-endpoint/18096.jsonl")
+        if not log.exists:
+            return []
+        lines = [json.loads(line) for line in log.content_string.splitlines() if line.strip()]
+        return [line["path"] for line in lines if line["path"].startswith("/ping/settings-deadman-uuid")]
+
+    found = wait_for(lambda: {"/ping/settings-deadman-uuid/start", "/ping/settings-deadman-uuid"} <= set(pings())
+                     and pings(), 90, message="the dead man's switch pings at the 18096 receiver")
+    assert set(found) <= {"/ping/settings-deadman-uuid/start", "/ping/settings-deadman-uuid",
+                          "/ping/settings-deadman-uuid/fail"}, found
+    settings = json.loads(host.check_output("cat /etc/agentops/heartbeat.json"))
+    assert settings["metrics_textfile_dir"] == "/var/tmp/agentops-metrics"
+    host.check_output("mkdir -p /var/tmp/agentops-metrics")
+    prom = wait_for(lambda: host.file("/var/tmp/agentops-metrics/agentops.prom").exists, 60,
+                    message="agentops.prom in agentops_metrics_textfile_dir")
+    assert prom
+    assert "agentops_heartbeat_last_run_timestamp_seconds " in host.file(
+        "/var/tmp/agentops-metrics/agentops.prom").content_string

@@ -316,3 +316,45 @@ def test_command_check_run_by_root_never_gets_the_callers_environment(host, caps
     assert "/var/lib/agentops" not in text and "PYTHONPATH" not in text and "LD_PRELOAD" not in text
     assert text.splitlines()[-1] == "/"
     assert CANARY not in text  # the token only on stdin
+
+
+def test_timeout_comes_from_auth_json(host, capsys, api):
+    """agentops_auth_timeout reaches every host-side check through auth.json (the auth role writes it)."""
+    gate = threading.Event()
+    slow = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Api)
+    slow.daemon_threads = True
+    slow.valid = {CANARY}
+    slow.posts = []
+
+    class _Slow(_Api):
+        def do_GET(self):  # noqa: N802
+            gate.wait(10)
+            _Api.do_GET(self)
+
+    slow.RequestHandlerClass = _Slow
+    threading.Thread(target=slow.serve_forever, daemon=True).start()
+    try:
+        agent_file = os.path.join(host.config_dir, "agents.d", "mail-triage.json")
+        with open(agent_file) as handle:
+            agent = json.load(handle)
+        agent["auth_checks"] = [{"name": "graph", "type": "http", "credential": "graph_token",
+                                 "url": "http://127.0.0.1:%d/v1.0/me" % slow.server_address[1]}]
+        with open(agent_file, "w") as handle:
+            json.dump(agent, handle)
+        with open(os.path.join(host.config_dir, "auth.json"), "w") as handle:
+            json.dump({"timeout_seconds": 1}, handle)
+        assert config.load_auth_config(host.config_dir) == {"timeout_seconds": 1}
+        rc, out, _ = run_cli(host, capsys, "mail-triage")
+        assert rc == 1 and "AUTH_UNREACHABLE" in out and "did not answer within 1s" in out, out
+        # --timeout on the command line still wins; a missing or bad file falls back to 10 s
+        with open(os.path.join(host.config_dir, "auth.json"), "w") as handle:
+            json.dump({"timeout_seconds": "soon"}, handle)
+        assert config.load_auth_config(host.config_dir) == {"timeout_seconds": 10}
+        os.unlink(os.path.join(host.config_dir, "auth.json"))
+        assert config.load_auth_config(host.config_dir) == {"timeout_seconds": 10}
+        rc, out, _ = run_cli(host, capsys, "mail-triage", "--timeout", "1")
+        assert rc == 1 and "did not answer within 1s" in out, out
+    finally:
+        gate.set()
+        slow.shutdown()
+        slow.server_close()

@@ -50,8 +50,9 @@ def add_parser(subparsers):
                         help="only run the checks of this credential (with --token-stdin: validate a new token)")
     parser.add_argument("--token-stdin", action="store_true",
                         help="read the token to check for --credential from standard input; nothing is recorded")
-    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
-                        help="seconds per check unless the check sets its own timeout (default: %(default)s)")
+    parser.add_argument("--timeout", type=float, default=None,
+                        help="seconds per check unless the check sets its own timeout (default: timeout_seconds "
+                             "of <config-dir>/auth.json, agentops_auth_timeout; %s without it)" % DEFAULT_TIMEOUT)
     parser.add_argument("--no-alert", action="store_true", help="do not raise or resolve alerts")
     parser.set_defaults(func=run)
     return parser
@@ -80,6 +81,15 @@ def _resolve(agent, check, overrides):
         return check, None, "credential %r cannot be read: %s" % (credential, agentops_auth.describe_error(exc))
 
 
+def _configured_timeout(args):
+    """agentops_auth_timeout as the auth role wrote it (auth.json); the default when it cannot be read."""
+    try:
+        return config.load_auth_config(args.config_dir)["timeout_seconds"]
+    except config.ConfigError as exc:
+        sys.stderr.write("agentops check-auth: %s; using %ss per check\n" % (exc, DEFAULT_TIMEOUT))
+        return DEFAULT_TIMEOUT
+
+
 def check_agent(args, agent, overrides=None, only_credential=None):
     """Run the auth checks of ``agent`` (a dict from ``config.load_agent``); return a list of result dicts.
 
@@ -89,7 +99,7 @@ def check_agent(args, agent, overrides=None, only_credential=None):
     File checks of an overridden credential are skipped: the new token is not in the file yet.
     """
     overrides = dict(overrides or {})
-    timeout = getattr(args, "timeout", None) or DEFAULT_TIMEOUT
+    timeout = getattr(args, "timeout", None) or _configured_timeout(args)
     results = []
     for index, raw in enumerate(agent.get("auth_checks") or []):
         if not isinstance(raw, dict):

@@ -28,6 +28,9 @@ DEFAULT_HOST_CONFIG = {
 }
 # <config_dir>/rotation.json, written by the token_rotation role (the one owner of these settings).
 DEFAULT_ROTATION_CONFIG = {"grace_days": 7, "timeout_seconds": 120}
+# <config_dir>/auth.json, written by the auth role (agentops_auth_timeout): the time an auth check
+# without a timeout of its own may take, at session start (check-auth), in the heartbeat and in rotation.
+DEFAULT_AUTH_CONFIG = {"timeout_seconds": 10}
 
 # Fields of an agent file the on-host command relies on, and the JSON types each may have.
 _AGENT_FIELDS = (
@@ -124,14 +127,27 @@ def load_host_config(config_dir):
     return data
 
 
-def load_rotation_config(config_dir):
-    """The rotation settings (grace_days, timeout_seconds); defaults for a missing file or a bad value."""
-    data = dict(DEFAULT_ROTATION_CONFIG)
-    found = _read_object(os.path.join(config_dir, "rotation.json"))
-    for key, default in DEFAULT_ROTATION_CONFIG.items():
+def _load_settings(config_dir, name, defaults):
+    """``defaults`` updated from ``<config_dir>/<name>`` (whole numbers >= 0); a bad value keeps its default."""
+    data = dict(defaults)
+    found = _read_object(os.path.join(config_dir, name))
+    for key, default in defaults.items():
         value = (found or {}).get(key, default)
         if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
             data[key] = value
+    return data
+
+
+def load_rotation_config(config_dir):
+    """The rotation settings (grace_days, timeout_seconds); defaults for a missing file or a bad value."""
+    return _load_settings(config_dir, "rotation.json", DEFAULT_ROTATION_CONFIG)
+
+
+def load_auth_config(config_dir):
+    """The auth check settings (timeout_seconds); defaults for a missing file or a bad value."""
+    data = _load_settings(config_dir, "auth.json", DEFAULT_AUTH_CONFIG)
+    if data["timeout_seconds"] < 1:
+        data["timeout_seconds"] = DEFAULT_AUTH_CONFIG["timeout_seconds"]
     return data
 
 
