@@ -520,7 +520,7 @@ def _email_problems(channel):
     if security not in SMTP_SECURITY:
         problems.append(("security", "%r is not one of %s" % (security, ", ".join(SMTP_SECURITY))))
     if "smtp_port" in channel:
-        problem = _int_problem(channel["smtp_port"], 1, 65535)
+        problem = _int_problem(channel["smtp_port"], 1, 65535) or unit_value_problem(str(channel["smtp_port"]))
         if problem:
             problems.append(("smtp_port", problem))
     username = channel.get("username")
