@@ -20,7 +20,8 @@ from ansible.errors import AnsibleFilterError
 
 from ansible_collections.agentops.fleet.plugins.module_utils.agentops_systemd import parse_show
 from ansible_collections.agentops.fleet.plugins.module_utils.agentops_contract import (
-    agents_errors, agents_normalize, agents_user_errors, heartbeat_tick, settings_errors, timespan_seconds)
+    agents_errors, agents_normalize, agents_user_errors, heartbeat_settings, heartbeat_tick, settings_errors,
+    timespan_seconds)
 from ansible_collections.agentops.fleet.plugins.module_utils import agentops_status
 
 try:
@@ -325,6 +326,7 @@ class FilterModule(object):
             "agents_errors": agents_errors,
             "agents_user_errors": agents_user_errors,
             "agents_heartbeat_tick": heartbeat_tick,
+            "heartbeat_settings": heartbeat_settings,
             "agentops_settings_errors": settings_errors,
             "agents_normalize": agents_normalize,
             "systemctl_show": systemctl_show,
