@@ -150,24 +150,74 @@ def fleet_table(rows):
     return "\n".join(lines)
 
 
-def fleet_report(rows, fmt="table", generated=None):
+def _since(value, now):
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or now is None:
+        return "never"
+    return "%s ago" % age(max(0, now - value))
+
+
+def watcher_lines(watcher, rows=(), now=None):
+    """Lines about what watches the heartbeat itself: its last run, the Prometheus textfile and every dead
+    man's switch target (the host's from ``watcher``, each agent's from its row's ``deadman``).
+
+    ``watcher``: ``{last_run, duration, metrics: {status, detail}, deadman: [...], settings_error}`` as
+    ``agentops status --json`` shows it; targets are shown as ``<type> <host>`` only (their URLs hold tokens).
+    """
+    if not isinstance(watcher, dict):
+        return []
+    lines = []
+    last = watcher.get("last_run")
+    duration = watcher.get("duration")
+    lines.append("heartbeat: last run %s%s" % (_since(last, now), (" (%.2fs)" % duration)
+                                               if isinstance(duration, (int, float)) else ""))
+    if watcher.get("settings_error"):
+        lines.append("heartbeat settings: %s" % watcher["settings_error"])
+    found = watcher.get("metrics") or {}
+    if found:
+        status = found.get("status")
+        text = {"written": "written to %s", "off": "off (%s)", "missing": "SKIPPED: %s",
+                "error": "ERROR: %s"}.get(status, str(status) + ": %s")
+        lines.append("metrics: " + text % found.get("detail"))
+    targets = [("host", t) for t in watcher.get("deadman") or [] if isinstance(t, dict)]
+    for row in rows or []:
+        if isinstance(row, dict):
+            targets += [("agent %s" % row.get("agent"), t) for t in row.get("deadman") or [] if isinstance(t, dict)]
+    for scope, target in targets:
+        if target.get("ok"):
+            state = "ok (%s %s, %s)" % (target.get("last_kind"), target.get("detail"),
+                                        _since(target.get("last_attempt_at"), now))
+        elif target.get("last_attempt_at") is None:
+            state = "not pinged yet"
+        else:
+            state = "FAILING: %s ping %s: %s (%d failure(s) in a row; last success %s)" % (
+                target.get("last_kind"), _since(target.get("last_attempt_at"), now), target.get("error") or
+                target.get("detail"), int(target.get("failures") or 0), _since(target.get("last_ok_at"), now))
+        lines.append("dead man's switch (%s) %s: %s" % (scope, target.get("target"), state))
+    return lines
+
+
+def fleet_report(rows, fmt="table", generated=None, notes=None):
     """The fleet rows as ``table`` (aligned text), ``text`` (a report: title line and table),
-    ``markdown`` or ``html``. ``generated``: the time shown in reports (default: now, UTC)."""
+    ``markdown`` or ``html``. ``generated``: the time shown in reports (default: now, UTC).
+    ``notes``: lines shown under the table (``watcher_lines``), in a "Watchers" section of the reports."""
     if fmt not in FORMATS:
         raise ValueError("unknown format %r (known: %s)" % (fmt, ", ".join(FORMATS)))
+    notes = [str(n) for n in notes or []]
     if fmt == "table":
-        return fleet_table(rows)
+        return fleet_table(rows) + "".join("\n" + n for n in notes)
     if generated is None:
         import time  # pylint: disable=import-outside-toplevel
         generated = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     if fmt == "text":
-        return "agentops fleet status, %s\n\n%s\n" % (generated, fleet_table(rows))
+        return "agentops fleet status, %s\n\n%s\n%s" % (generated, fleet_table(rows), "".join(n + "\n" for n in notes))
     if fmt == "markdown":
         out = ["<!-- %s -->" % MANAGED, "# agentops fleet status", "", "Generated %s." % generated, "",
                "| %s |" % " | ".join(md for _key, _title, md in FLEET_COLUMNS),
                "| --- | --- | --- | ---: | ---: | --- | --- | --- |"]
         for row in rows:
             out.append("| %s |" % " | ".join(row[key].replace("|", "\\|") for key, _title, _md in FLEET_COLUMNS))
+        if notes:
+            out += ["", "## Watchers", ""] + ["- %s" % n.replace("|", "\\|") for n in notes]
         return "\n".join(out) + "\n"
     out = ["<!DOCTYPE html>", "<!-- %s -->" % MANAGED, '<html lang="en">', "<head>", '<meta charset="utf-8">',
            "<title>agentops fleet status</title>", "<style>", "  body { font-family: sans-serif; }",
@@ -180,12 +230,16 @@ def fleet_report(rows, fmt="table", generated=None):
         out.append("<tr>%s</tr>" % "".join(
             "<td%s>%s</td>" % (' class="bad"' if _bad(key, row[key]) else "", _escape_html(row[key]))
             for key, _title, _md in FLEET_COLUMNS))
-    out += ["</table>", "</body>", "</html>"]
+    out.append("</table>")
+    if notes:
+        out += ["<h2>Watchers</h2>", "<ul>"] + ["<li>%s</li>" % _escape_html(n) for n in notes] + ["</ul>"]
+    out += ["</body>", "</html>"]
     return "\n".join(out) + "\n"
 
 
-def host_table(rows, host_alerts=None, dead=None):
-    """The table of one host (``agentops status``): agents, broken agents, host alerts, dead-letter count."""
+def host_table(rows, host_alerts=None, dead=None, notes=None):
+    """The table of one host (``agentops status``): agents, broken agents, host alerts, dead-letter count,
+    and ``notes`` (``watcher_lines``)."""
     lines = [HOST_COLUMNS]
     for row in rows:
         alerts = ",".join(_alert_marks(row.get("open_alerts"))) or "-"
@@ -204,4 +258,5 @@ def host_table(rows, host_alerts=None, dead=None):
     if dead is not None:
         out.append("dead-letter alerts: %d%s" % (dead, " (given up on; see the alert spool's dead-letter folder)"
                                                   if dead else ""))
+    out.extend(str(n) for n in notes or [])
     return "\n".join(out) + "\n"

@@ -161,6 +161,35 @@ HEARTBEATS = [
     (["15s"], False),
 ]
 
+HC = "https://hc-ping.com/0f6a6c3e-6f6b-4a43-9d71-6d3c2b8d2a11"
+DEADMANS = [
+    [{"type": "healthchecks", "url": HC}],
+    [{"type": "uptime_kuma", "url": "https://kuma.example.com/api/push/Tok3n?status=up&msg=OK&ping="}],
+    [{"type": "cronitor", "url": "https://cronitor.link/p/key123/nightly"}],
+    [{"type": "http", "url": "http://127.0.0.1:8080/ping"}],
+    [{"type": "healthchecks", "url": HC}, {"type": "http", "url": "https://example.com/ping"}],
+    [],
+]
+BAD_DEADMANS = [
+    "https://hc-ping.com/x",
+    {"type": "healthchecks", "url": HC},
+    [{"type": "pagerduty", "url": HC}],
+    [{"type": "healthchecks"}],
+    [{"url": HC}],
+    [{"type": "healthchecks", "url": "ftp://hc-ping.com/x"}],
+    [{"type": "healthchecks", "url": "hc-ping.com/x"}],
+    [{"type": "healthchecks", "url": HC + "\nX-Injected: 1"}],
+    [{"type": "healthchecks", "url": "https://user:pw@hc-ping.com/x"}],
+    [{"type": "healthchecks", "url": HC + "#frag"}],
+    [{"type": "healthchecks", "url": "https://hc-ping.com/a b"}],
+    [{"type": "healthchecks", "url": HC, "timeout": 5}],
+    [{"type": "healthchecks", "url": HC}, {"type": "healthchecks", "url": HC}],
+    [{"type": "http", "url": 5}],
+    ["https://hc-ping.com/x"],
+    [{"type": "http", "url": "https://example.com/" + "x" * 2100}],
+]
+HEARTBEATS += [({"deadman": d}, True) for d in DEADMANS] + [({"deadman": d}, False) for d in BAD_DEADMANS]
+
 ROTATIONS = [
     ({"credential": "tok", "command": "/usr/local/bin/refresh"}, True),
     ({"credential": "tok", "command": "/usr/local/bin/refresh --scope all", "every_days": 45}, True),
@@ -293,6 +322,33 @@ def test_heartbeat_same_verdict(case, host):
     except hostconfig.ConfigError:
         host_ok = False
     assert (controller_ok, host_ok) == (expected, expected), heartbeat
+
+
+def _deadman_on_host(host, entries):
+    """The host path of heartbeat.deadman: heartbeat.json as the heartbeat role writes it, loaded by the heartbeat."""
+    from agentops_host import deadman
+    with open(os.path.join(host.config_dir, "heartbeat.json"), "w") as handle:
+        json.dump({"metrics_textfile_dir": "", "deadman": [], "agents": {NAME: entries}}, handle)
+    try:
+        deadman.load_settings(host.config_dir)
+        return True
+    except deadman.SettingsError:
+        return False
+
+
+DEADMAN_CASES = [(d, True) for d in DEADMANS] + [(d, False) for d in BAD_DEADMANS]
+
+
+@pytest.mark.parametrize("case", DEADMAN_CASES, ids=_ids(DEADMAN_CASES))
+def test_heartbeat_deadman_same_verdict(case, host):
+    """heartbeat.deadman: agents_errors on the controller, heartbeat.json checked by the heartbeat on the host
+    (the entries travel there, not through agents.d, so their URLs never show in the agents role's output)."""
+    entries, expected = case
+    controller = agents_errors([_agent(heartbeat={"deadman": entries})])
+    host_ok = _deadman_on_host(host, entries)
+    assert (not controller, host_ok) == (expected, expected), (entries, controller)
+    for message in controller:
+        assert "agentops_agents[corpus].heartbeat.deadman" in message and "hc-ping.com/" not in message
 
 
 @pytest.mark.parametrize("case", ROTATIONS, ids=_ids(ROTATIONS))

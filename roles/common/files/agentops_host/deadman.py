@@ -24,6 +24,7 @@ URLs hold tokens: logs, the state file and status show a target as ``<type> <hos
 """
 import hashlib
 import os
+import socket
 import ssl
 import threading
 import time
@@ -140,6 +141,9 @@ def send(url, timeout, secrets=()):
     if error is not None:
         if not isinstance(error, Exception):
             raise error
+        reason = getattr(error, "reason", error)
+        if isinstance(reason, (socket.timeout, TimeoutError)) or isinstance(error, (socket.timeout, TimeoutError)):
+            return False, "no answer within %.1fs" % timeout
         return False, "cannot connect (%s)" % _describe(error, secrets)
     code = answer["code"]
     if 200 <= code < 300:
@@ -170,6 +174,7 @@ class Run:
         self.log = log
         self.clock = clock
         self.sender = sender
+        self.budget = budget
         self.deadline = clock() + budget
         self.now = time.time() if now is None else now
         self.path = os.path.join(args.state_dir, ".heartbeat", STATE_FILE)
@@ -205,17 +210,19 @@ class Run:
         return self.now - float(last_ping) >= SUCCESS_EVERY or self.now < float(last_ping)
 
     # -- sending ------------------------------------------------------------------------------
-    def _send_all(self, jobs):
-        """Send [(record, kind, url)] in parallel within the run's remaining budget; record the outcomes."""
+    def _send_all(self, jobs, deadline=None):
+        """Send [(record, kind, url)] in parallel within the run's remaining budget (or until ``deadline``,
+        when that is sooner); record the outcomes."""
         jobs = [j for j in jobs if j[2]]
         if not jobs:
             return
+        deadline = self.deadline if deadline is None else min(deadline, self.deadline)
         results = {}
 
         def work(index, url):
-            remaining = self.deadline - self.clock()
+            remaining = deadline - self.clock()
             if remaining < 0.2:
-                results[index] = (False, "skipped: the run's %gs ping budget was used up" % BUDGET)
+                results[index] = (False, "skipped: the run's %gs ping budget was used up" % self.budget)
                 return
             try:
                 results[index] = self.sender(url, min(PING_TIMEOUT, remaining), _secret_parts(url))
@@ -229,9 +236,9 @@ class Run:
             thread.start()
             threads.append(thread)
         for thread in threads:
-            thread.join(max(0.0, self.deadline - self.clock()) + 0.5)
+            thread.join(max(0.0, deadline - self.clock()) + 0.2)
         for index, (record, kind, _url) in enumerate(jobs):
-            ok, detail = results.get(index, (False, "no answer within the run's %gs ping budget" % BUDGET))
+            ok, detail = results.get(index, (False, "no answer within the run's %gs ping budget" % self.budget))
             record["last_attempt_at"] = self.now
             record["last_kind"] = kind
             record["ok"] = bool(ok)
@@ -251,15 +258,17 @@ class Run:
 
     def start(self):
         """At the beginning of a run: ``/start`` (healthchecks) and ``state=run`` (cronitor) to the host's
-        targets whose next success ping is due (a run that ends in failure pings at once anyway)."""
+        targets not pinged for ``SUCCESS_EVERY`` seconds; the run's outcome follows in ``finish``."""
         jobs = []
         for scope, target in self.host_targets():
             record = self._record(scope, target)
             url = ping_url(target, START)
-            if url and (self._due(record, SUCCESS) or record.get("last_outcome") != SUCCESS):
+            last_ping = record.get("last_ping_at")
+            if url and (not isinstance(last_ping, (int, float)) or not 0 <= self.now - last_ping < SUCCESS_EVERY):
                 self.started[target_id(scope, target)] = True
                 jobs.append((record, START, url))
-        self._send_all(jobs)
+        # at most half of the budget: a slow target's /start never starves the run's outcome pings
+        self._send_all(jobs, deadline=self.clock() + self.budget / 2.0)
 
     def finish(self, host_ok, host_message, agent_health):
         """At the end of a run: the host's outcome and each agent's (``agent_health``: {name: (ok, message)};

@@ -8,9 +8,12 @@ JSON: a list with one object per agent: agent, unit, active_state, sub_state, up
 restarts, last_progress_age_seconds, last_check (epoch of the last heartbeat run), auth (the last
 auth check results or null: the heartbeat's, else those `agentops check-auth` recorded at the
 last start), next_rotation (from ``agentops_host.rotate.next_due`` when installed, else null),
-open_alerts (key, severity, title, since), error (null, or why the agent is broken) and
-dead_letter (the host's number of alert messages given up on, from ``alert.dead_letter_count``
-when the alert module provides it, else null; the same in every row).
+open_alerts (key, severity, title, since), deadman (the agent's dead man's switch targets: scope,
+target as "<type> <host>", ok, detail, error, last_kind, last_attempt_at, last_ok_at, failures),
+error (null, or why the agent is broken), dead_letter (the host's number of alert messages given
+up on, from ``alert.dead_letter_count`` when the alert module provides it, else null) and watcher
+(the heartbeat's last run, its metrics file status and the host's dead man's switch targets);
+dead_letter and watcher are the same in every row.
 
 An agent whose settings file (agents.d) or state file (.heartbeat, .auth, rotation) cannot be
 used is shown as broken (active_state ``broken``, sub_state ``config`` or ``state``, ``error``
@@ -25,6 +28,7 @@ from agentops_lib import agentops_status
 
 from agentops_host import alert
 from agentops_host import config as hostconfig
+from agentops_host import deadman
 from agentops_host import heartbeat
 from agentops_host import rotate
 from agentops_host import state as statefiles
@@ -82,6 +86,7 @@ def agent_status(args, agent, now=None):
         "auth": _auth_results(args, name, hbstate),
         "next_rotation": next_rotation,
         "open_alerts": [_open_alert_view(a) for a in alert.open_alerts(args, agent=name)],
+        "deadman": deadman.status(args, scope=name),
         "error": error,
     }
 
@@ -104,6 +109,7 @@ def broken_row(args, name, kind, error):
         "auth": None,
         "next_rotation": None,
         "open_alerts": alerts,
+        "deadman": [],
         "error": alert.scrub(error),
     }
 
@@ -136,21 +142,38 @@ def dead_letter(args):
         return None
 
 
+def watcher(args):
+    """What watches the heartbeat: its last run, the metrics file, the host's dead man's switch targets."""
+    try:
+        recorded = heartbeat.run_status(args)
+        targets = deadman.status(args, scope="host")
+    except Exception as exc:  # pylint: disable=broad-except  # status shows what it can
+        return {"last_run": None, "duration": None, "metrics": {}, "deadman": [],
+                "settings_error": "cannot read the heartbeat's records: %s" % alert.scrub(exc)}
+    _settings, problem = heartbeat.load_settings(args)
+    return {"last_run": recorded.get("finished"), "duration": recorded.get("duration"),
+            "metrics": recorded.get("metrics") or {}, "deadman": targets,
+            "settings_error": alert.scrub(problem) if problem else None}
+
+
 def _cmd_status(args):
     rows = collect(args)
     dead = dead_letter(args)
+    watch = watcher(args)
+    notes = agentops_status.watcher_lines(watch, rows, now=time.time())
     fmt = "json" if getattr(args, "json", False) else getattr(args, "format", "table")
     if fmt == "json":
         for row in rows:
             row["dead_letter"] = dead
+            row["watcher"] = watch
         sys.stdout.write(json.dumps(rows, indent=2, sort_keys=True) + "\n")
         return 0
     if fmt in ("markdown", "html"):
         host = getattr(args, "host", None) or socket.gethostname()
-        sys.stdout.write(agentops_status.fleet_report(agentops_status.agent_rows(host, rows), fmt))
+        sys.stdout.write(agentops_status.fleet_report(agentops_status.agent_rows(host, rows), fmt, notes=notes))
         return 0
     host_alerts = [a for a in alert.open_alerts(args) if not a.get("agent")]
-    sys.stdout.write(agentops_status.host_table(rows, host_alerts, dead))
+    sys.stdout.write(agentops_status.host_table(rows, host_alerts, dead, notes=notes))
     return 0
 
 
