@@ -5,7 +5,7 @@
 #  2. ansible-lint, production profile, zero violations
 #  3. the on-host command imports with the Python standard library alone
 #  4. ansible-test sanity on the plugins (scripts/sanity.sh)
-#  5. antsibull-changelog lint of the fragments
+#  5. antsibull-changelog lint of the fragments, actionlint of .github/workflows
 #  6. ansible-galaxy collection build, and the tarball installs
 #  7. execution-environment.yml renders a build context (ansible-builder create)
 set -euo pipefail
@@ -48,6 +48,10 @@ fi
 
 step "antsibull-changelog lint"
 antsibull-changelog lint
+
+step "actionlint (.github/workflows)"
+actionlint .github/workflows/*.yml
+echo "workflows: $(ls .github/workflows/*.yml | xargs -n1 basename | tr '\n' ' ')"
 
 step "ansible-galaxy collection build + install"
 out=.cache/build
