@@ -122,3 +122,24 @@ def test_bad_input_fails_the_converge_before_any_change(host, rejected_converge)
     assert "agentops_agents[net].heartbeat.max_silence: '5 parsecs' is not a systemd time span" in output
     assert recaps[name]["changed"] == 0 and recaps[name]["failed"] == 1
     assert before[name] == after[name]
+
+
+@pytest.fixture(scope="module")
+def old_systemd():
+    """Converge with the systemd version overridden to 246 (one below the floor, LoadCredential= is 247)."""
+    hosts = all_hosts()
+    before = {host_name(h): snapshot(h) for h in hosts}
+    rc, output, recaps = fleet_run("converge.yml", {"agentops_agents_systemd_version": 246})
+    after = {host_name(h): snapshot(h) for h in hosts}
+    return rc, output, recaps, before, after
+
+
+def test_systemd_older_than_the_floor_is_refused_before_any_unit(host, old_systemd):
+    rc, output, recaps, before, after = old_systemd
+    name = host_name(host)
+    assert rc != 0
+    text = " ".join(output.split())
+    assert "%s runs systemd 246, older than 247, the oldest the agent units work on" % name in text, output[-3000:]
+    assert "LoadCredential=" in text
+    assert recaps[name]["changed"] == 0 and recaps[name]["failed"] == 1
+    assert before[name] == after[name]
