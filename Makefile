@@ -59,9 +59,13 @@ molecule: setup ## every Molecule scenario on both images (SCENARIO=name for one
 test: setup lint unit property molecule ## THE test command: setup, lint, unit and property tests, all Molecule scenarios
 	@echo "make test: all checks passed"
 
-bench: setup collection ## converge time (first and idempotent second run, validation share) for 1/50/200 agents and 1/2/4 hosts
+# The heartbeat CPU is compared with the last commit before one systemctl show / one journal read per run.
+BENCH_HEARTBEAT_BEFORE ?= c39a6f7
+
+bench: setup collection ## converge time for 1/50/200 agents and 1/2/4 hosts; heartbeat CPU for 1/50/200 agents, before and after
 	@$(BIN)/python bench/converge_bench.py --agents 1,50,200 --hosts 1 --repeat 2
 	@$(BIN)/python bench/converge_bench.py --agents 1 --hosts 1,2,4
+	@$(BIN)/python bench/heartbeat_bench.py --agents 1,50,200 --ref $(BENCH_HEARTBEAT_BEFORE) --ref worktree
 
 demo: setup collection ## a two-host demo fleet in containers, and the failures it catches
 	@$(BIN)/python scripts/demo.py
