@@ -47,7 +47,6 @@ from agentops_host import state
 from agentops_host import systemd
 from agentops_lib import agentops_auth
 from agentops_lib import agentops_safefile as safefile
-from agentops_lib.agentops_systemd import parse_show
 
 try:
     from agentops_lib.agentops_timespan import parse_timespan
@@ -231,6 +230,20 @@ def last_progress(agent, props, hbstate, now=None, run_command=False, journal=No
         started = systemd.monotonic_to_epoch(props.get("ActiveEnterTimestampMonotonic"))
     candidates = [t for t in (seen, started) if t]
     return max(candidates) if candidates else None
+
+
+def parse_show(text):
+    """``systemctl show`` output of several units -> {Id: {property: value}} (blocks apart by blank lines)."""
+    units = {}
+    for block in text.split("\n\n"):
+        props = {}
+        for line in block.splitlines():
+            key, sep, value = line.partition("=")
+            if sep:
+                props[key] = value
+        if props.get("Id"):
+            units[props["Id"]] = props
+    return units
 
 
 def show_all(units, timeout=SYSTEMCTL_TIMEOUT):
