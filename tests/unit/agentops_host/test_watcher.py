@@ -423,3 +423,13 @@ def test_role_settings_file_and_variable_checks():
     assert errors[1].startswith("agentops_metrics_textfile_dir: 'relative/dir' must be an absolute path")
     assert TOKEN not in " ".join(errors)
     assert contract.settings_errors({"agentops_metrics_textfile_dir": ""}) == []
+
+
+def test_deadman_urls_are_scrubbed_from_what_the_heartbeat_logs(tmp_path, units, capsys):
+    from agentops_host import alert
+    args = make_args(tmp_path)
+    write_config(args, [])
+    url = "http://127.0.0.1:9/p/" + TOKEN
+    write_settings(args, deadman=[{"type": "healthchecks", "url": url}])
+    assert run_heartbeat(args) == 0
+    assert TOKEN not in alert.scrub("echoed back: " + url) and TOKEN not in capsys.readouterr().err

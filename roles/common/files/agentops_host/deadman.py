@@ -184,6 +184,13 @@ class Run:
         self.sent = []
 
     # -- targets ------------------------------------------------------------------------------
+    @staticmethod
+    def targets_of(settings):
+        """[(scope, target)] of every configured target: "host" or the agent's name."""
+        agents = settings.get("agents") or {}
+        return [("host", t) for t in settings.get("deadman") or []] + [
+            (name, t) for name in sorted(agents) for t in agents[name] or []]
+
     def host_targets(self):
         return [("host", t) for t in self.settings.get("deadman") or []]
 
