@@ -662,6 +662,16 @@ AGENT_KEYS = (
     "auth_checks", "heartbeat", "token_rotation", "failure_modes", "hardening", "read_write_paths",
     "restart_sec", "timeout_stop_sec", "start_limit_interval_sec", "start_limit_burst",
     "memory_max", "cpu_quota", "tasks_max", "share_user",
+    "restart_steps", "restart_max_delay_sec", "runtime_max", "memory_high", "oom_score_adjust",
+)
+# Optional per-agent systemd settings without a role default: directive and the first systemd version
+# that knows it (an older host gets a comment in the unit instead).
+AGENT_UNIT_KNOBS = (
+    ("restart_steps", "RestartSteps", 254),
+    ("restart_max_delay_sec", "RestartMaxDelaySec", 254),
+    ("runtime_max", "RuntimeMaxSec", 229),
+    ("memory_high", "MemoryHigh", 231),
+    ("oom_score_adjust", "OOMScoreAdjust", 0),
 )
 HEARTBEAT_KEYS = ("interval", "max_silence", "progress", "file", "command", "active_hours", "workstate_max_age",
                   "deadman")
@@ -919,6 +929,35 @@ def _check_agent(errors, agent, index, names):
         errors.add(where + ".cpu_quota", "%r is not a percentage (e.g. 50%%, 200%%)" % (agent["cpu_quota"],))
     if "tasks_max" in agent and (isinstance(agent["tasks_max"], bool) or not TASKS_RE.match(str(agent["tasks_max"]))):
         errors.add(where + ".tasks_max", "%r is not a number of tasks, a percentage or infinity" % (agent["tasks_max"],))
+    _check_unit_knobs(errors, where, agent)
+
+
+def _check_unit_knobs(errors, where, agent):
+    """restart_steps / restart_max_delay_sec (together), runtime_max, memory_high, oom_score_adjust."""
+    for key in ("restart_max_delay_sec", "runtime_max"):
+        if key in agent and not _is_timespan(agent[key]):
+            errors.add("%s.%s" % (where, key), "%r is not a systemd time span" % (agent[key],))
+    if "runtime_max" in agent and _is_timespan(agent["runtime_max"]) and not parse_timespan(agent["runtime_max"]):
+        errors.add(where + ".runtime_max", "must be longer than 0 (leave it out for no limit)")
+    steps = agent.get("restart_steps")
+    if "restart_steps" in agent and not (_is_int(steps) and 1 <= steps <= 3600):
+        errors.add(where + ".restart_steps", "%r must be a whole number from 1 to 3600" % (steps,))
+    if ("restart_steps" in agent) != ("restart_max_delay_sec" in agent):
+        missing = "restart_max_delay_sec" if "restart_steps" in agent else "restart_steps"
+        errors.add("%s.%s" % (where, missing), "required with %s: the restart delay grows from restart_sec to "
+                   "restart_max_delay_sec in restart_steps steps" % (
+                       "restart_steps" if missing == "restart_max_delay_sec" else "restart_max_delay_sec"))
+    elif "restart_max_delay_sec" in agent and _is_timespan(agent["restart_max_delay_sec"]):
+        low = agent.get("restart_sec")
+        if low is not None and _is_timespan(low) and parse_timespan(agent["restart_max_delay_sec"]) < parse_timespan(low):
+            errors.add(where + ".restart_max_delay_sec", "%r is shorter than restart_sec %r"
+                       % (agent["restart_max_delay_sec"], low))
+    if "memory_high" in agent and (isinstance(agent["memory_high"], bool)
+                                   or not SIZE_RE.match(str(agent["memory_high"]))):
+        errors.add(where + ".memory_high", "%r is not a size (e.g. 512M, 2G, 50%%, infinity)" % (agent["memory_high"],))
+    score = agent.get("oom_score_adjust")
+    if "oom_score_adjust" in agent and not (_is_int(score) and -1000 <= score <= 1000):
+        errors.add(where + ".oom_score_adjust", "%r must be a whole number from -1000 to 1000" % (score,))
 
 
 def agent_config_errors(config):
@@ -1060,6 +1099,8 @@ def agents_normalize(agents, defaults):
         for key in ("restart_sec", "timeout_stop_sec", "start_limit_interval_sec", "start_limit_burst",
                     "memory_max", "cpu_quota", "tasks_max"):
             entry[key] = str(agent.get(key, defaults[key]))
+        entry["unit_knobs"] = [{"key": directive, "value": str(agent[key]), "min_version": version, "field": key}
+                               for key, directive, version in AGENT_UNIT_KNOBS if key in agent]
         entry["config"] = {
             "name": name, "unit": entry["unit"], "user": user, "state_dir": entry["state_dir"],
             "credentials_dir": entry["credentials_dir"], "credentials": creds, "enabled": entry["enabled"],

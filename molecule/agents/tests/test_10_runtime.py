@@ -220,3 +220,21 @@ def test_crash_loop_hits_the_start_limit_and_fails(host):
     assert "Start request repeated too quickly" in journal
     assert "Triggering OnFailure= dependencies" in journal  # the alert handler was asked for
     host.run_test("systemctl reset-failed %s", unit)
+
+
+def test_unit_knobs_reach_systemd_where_it_knows_them(host):
+    """beta: runtime_max, memory_high and oom_score_adjust everywhere; restart_steps / restart_max_delay_sec
+    only from systemd 254 (Debian 13), a comment in the unit on Debian 12's 252."""
+    assert prop(host, "agentops-beta.service", "RuntimeMaxUSec") == "12h"
+    assert prop(host, "agentops-beta.service", "MemoryHigh") == str(200 * 1024 * 1024)
+    assert prop(host, "agentops-beta.service", "OOMScoreAdjust") == "300"
+    pid = prop(host, "agentops-beta.service", "MainPID")
+    assert host.file("/proc/%s/oom_score_adj" % pid).content_string.strip() == "300"
+    text = unit_text(host, "beta")
+    if systemd_version(host) >= 254:
+        assert prop(host, "agentops-beta.service", "RestartSteps") == "2"
+        assert prop(host, "agentops-beta.service", "RestartMaxDelayUSec") == "10s"
+        assert "RestartSteps=2" in text.splitlines()
+    else:
+        assert "# restart_steps: RestartSteps= needs systemd 254, this host has %d" % systemd_version(host) in text
+        assert not [line for line in text.splitlines() if line.startswith("RestartSteps=")]

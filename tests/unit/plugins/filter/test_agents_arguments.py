@@ -310,3 +310,23 @@ def test_every_filter_is_registered():
                  "host_command_files", "status_fleet_rows", "status_report", "audit_summary", "audit_checklist", "audit_report",
                  "agents_normalize", "agents_errors", "systemctl_show"):
         assert callable(names[name]), name
+
+
+@pytest.mark.parametrize("version", [252, 257])
+def test_unit_knobs_are_gated_on_the_systemd_version(version):
+    agent = {"name": "knobs", "command": "/bin/true", "restart_sec": "2s", "restart_steps": 3,
+             "restart_max_delay_sec": "30s", "runtime_max": "12h", "memory_high": "200M", "oom_score_adjust": 300}
+    args = filters.agents_files(filters.agents_normalize([agent], DEFAULTS), ROLE, PATHS, version, PROFILES)
+    unit = [f for f in args["files"] if f["path"] == "/etc/systemd/system/agentops-knobs.service"][0]["content"]
+    lines = unit.splitlines()
+    for line in ("RuntimeMaxSec=12h", "MemoryHigh=200M", "OOMScoreAdjust=300", "RestartSec=2s"):
+        assert line in lines, (line, unit)
+    if version >= 254:
+        assert "RestartSteps=3" in lines and "RestartMaxDelaySec=30s" in lines
+    else:
+        assert not [line for line in lines if line.startswith(("RestartSteps=", "RestartMaxDelaySec="))]
+        assert "# restart_steps: RestartSteps= needs systemd 254, this host has 252" in lines
+    plain = filters.agents_files(filters.agents_normalize([{"name": "plain", "command": "/bin/true"}], DEFAULTS),
+                                 ROLE, PATHS, version, PROFILES)
+    text = [f for f in plain["files"] if f["path"].endswith("agentops-plain.service")][0]["content"]
+    assert not any(key in text for key in ("RestartSteps", "RuntimeMaxSec", "MemoryHigh", "OOMScoreAdjust"))

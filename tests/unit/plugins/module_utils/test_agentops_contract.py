@@ -192,3 +192,42 @@ def test_every_role_default_has_a_check():
                 unchecked.append(name)
             assert name not in contract.REMOVED_VARIABLES, name
     assert unchecked == [], unchecked
+
+
+KNOBS = {"restart_sec": "2s", "restart_steps": 3, "restart_max_delay_sec": "30s", "runtime_max": "12h",
+         "memory_high": "200M", "oom_score_adjust": 300}
+
+
+def test_unit_knobs_are_accepted():
+    assert contract.agents_errors([dict({"name": "knobs", "command": "/bin/true"}, **KNOBS)]) == []
+
+
+@pytest.mark.parametrize("change, field, text", [
+    ({"restart_steps": 0}, "restart_steps", "from 1 to 3600"),
+    ({"restart_steps": 3601}, "restart_steps", "from 1 to 3600"),
+    ({"restart_steps": "3"}, "restart_steps", "from 1 to 3600"),
+    ({"restart_steps": True}, "restart_steps", "from 1 to 3600"),
+    ({"restart_max_delay_sec": "soon"}, "restart_max_delay_sec", "not a systemd time span"),
+    ({"restart_max_delay_sec": "1s"}, "restart_max_delay_sec", "shorter than restart_sec '2s'"),
+    ({"restart_max_delay_sec": "30s\nUser=root"}, "restart_max_delay_sec", "not a systemd time span"),
+    ({"runtime_max": "0"}, "runtime_max", "longer than 0"),
+    ({"runtime_max": "forever"}, "runtime_max", "not a systemd time span"),
+    ({"memory_high": "lots"}, "memory_high", "not a size"),
+    ({"memory_high": u"\u0663G"}, "memory_high", "not a size"),
+    ({"oom_score_adjust": 1001}, "oom_score_adjust", "from -1000 to 1000"),
+    ({"oom_score_adjust": -1001}, "oom_score_adjust", "from -1000 to 1000"),
+    ({"oom_score_adjust": "300"}, "oom_score_adjust", "from -1000 to 1000"),
+])
+def test_unit_knob_rejections_name_agent_and_field(change, field, text):
+    agent = dict({"name": "knobs", "command": "/bin/true"}, **KNOBS)
+    agent.update(change)
+    errors = contract.agents_errors([agent])
+    assert any(e.startswith("agentops_agents[knobs].%s: " % field) and text in e for e in errors), errors
+
+
+@pytest.mark.parametrize("dropped", ["restart_steps", "restart_max_delay_sec"])
+def test_restart_steps_and_max_delay_come_together(dropped):
+    agent = dict({"name": "knobs", "command": "/bin/true"}, **KNOBS)
+    del agent[dropped]
+    errors = contract.agents_errors([agent])
+    assert any(e.startswith("agentops_agents[knobs].%s: required with" % dropped) for e in errors), errors
