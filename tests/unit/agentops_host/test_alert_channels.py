@@ -515,3 +515,55 @@ def test_canaries_stay_out_of_logs_spool_names_and_status(tmp_path, fake, capsys
     summary = json.dumps(alert.dead_letter_summary(args))
     for secret in (CANARY, ROUTING_KEY, base64.b64encode(SMTP_PASSWORD.encode()).decode()):
         assert secret not in err and secret not in summary
+
+
+ROLE_PLAY = """
+- hosts: all
+  gather_facts: false
+  tasks:
+    - ansible.builtin.include_role: {name: agentops.fleet.alerts, tasks_from: validate}
+    - ansible.builtin.include_role: {name: agentops.fleet.alerts, tasks_from: config}
+"""
+
+
+def test_alerts_role_keeps_every_new_secret_out_of_vvv_and_diff_output(tmp_path):
+    """The alerts role's validation and config tasks at -vvv with --diff (twice: a change, then none):
+    no canary of any new secret field in the output; agentops.json is root-only and holds them."""
+    channels = [
+        {"type": "slack", "url": "https://hooks.slack.com/services/T0/B0/" + CANARY},
+        {"type": "discord", "url": "https://discord.com/api/webhooks/1/" + CANARY},
+        {"type": "ntfy", "url": "https://ntfy.example.com/t", "token": "tk_" + CANARY},
+        {"type": "pagerduty", "routing_key": ROUTING_KEY},
+        {"type": "email", "smtp_host": "smtp.example.com", "username": "u", "password": SMTP_PASSWORD,
+         "from": "a@example.com", "to": ["b@example.com"]},
+        {"type": "webhook", "url": "https://hooks.example.com/x", "headers": {"Authorization": "Bearer " + CANARY}},
+    ]
+    inventory = {"all": {"vars": {"ansible_connection": "local", "ansible_python_interpreter": sys.executable},
+                         "hosts": {"good": {"agentops_alert_channels": channels},
+                                   "bad": {"agentops_alert_channels": channels + [
+                                       {"type": "ntfy", "url": "https://ntfy.example.com/t",
+                                        "token": CANARY + "\r\nX: y"}]}}}}
+    (tmp_path / "inventory.json").write_text(json.dumps(inventory))
+    (tmp_path / "play.yml").write_text(ROLE_PLAY)
+    config = tmp_path / "etc"
+    config.mkdir()
+    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_NOCOLOR="1",
+               ANSIBLE_COLLECTIONS_PATH=os.path.join(ROOT, ".cache", "collections"))
+    command = [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-vvv", "--diff", "-i",
+               str(tmp_path / "inventory.json"), "-e", json.dumps({"agentops_paths": {"config": str(config)}}),
+               str(tmp_path / "play.yml")]
+    outputs = []
+    for _ in range(2):
+        proc = subprocess.run(command, cwd=ROOT, env=env, text=True, capture_output=True, timeout=300, check=False)
+        outputs.append(proc.stdout + proc.stderr)
+    assert "bad" in outputs[0] and "(ntfy).token must not contain" in outputs[0]
+    import re
+    recaps = [dict(re.findall(r"^(good|bad)\s*:\s*ok=\d+\s+changed=(\d+)", o, re.M)) for o in outputs]
+    assert recaps == [{"good": "1", "bad": "0"}, {"good": "0", "bad": "0"}], recaps
+    for output in outputs:
+        for secret in (CANARY, ROUTING_KEY, SMTP_PASSWORD):
+            assert secret not in output
+    written = config / "agentops.json"
+    assert stat.S_IMODE(os.stat(written).st_mode) == 0o600
+    data = json.loads(written.read_text())
+    assert data["alert_channels"][3]["routing_key"] == ROUTING_KEY
