@@ -141,7 +141,7 @@ def test_auth_timeout_and_unreachable_policy(host, run_playbook):
     on_host = host.run("/usr/local/bin/agentops check-auth gated")
     assert on_host.rc != 0 and "did not answer within 3s" in on_host.stdout, on_host.stdout + on_host.stderr
     assert asked() == 2
-    result = run_playbook(host, os.path.join(HERE, "auth_only.yml"))
+    result = run_playbook(host, os.path.join(HERE, "auth_only.yml"), extra_vars={"agentops_auth_check_at_deploy": True})
     assert asked() == 3
     assert result.rc == 0, result.output[-3000:]
     assert re.search(r"agent gated, AUTH_UNREACHABLE: auth check 'slow'\s+UNREACHABLE: GET\s+"
@@ -217,7 +217,9 @@ def test_deadman_and_metrics_textfile_dir(host):
         lines = [json.loads(line) for line in log.content_string.splitlines() if line.strip()]
         return [line["path"] for line in lines if line["path"].startswith("/ping/settings-deadman-uuid")]
 
-    found = wait_for(lambda: {"/ping/settings-deadman-uuid/start", "/ping/settings-deadman-uuid"} <= set(pings())
+    # /start, then the plain URL or /fail: gated's auth check is UNREACHABLE (a critical alert) in this scenario
+    found = wait_for(lambda: "/ping/settings-deadman-uuid/start" in pings()
+                     and {"/ping/settings-deadman-uuid", "/ping/settings-deadman-uuid/fail"} & set(pings())
                      and pings(), 90, message="the dead man's switch pings at the 18096 receiver")
     assert set(found) <= {"/ping/settings-deadman-uuid/start", "/ping/settings-deadman-uuid",
                           "/ping/settings-deadman-uuid/fail"}, found
