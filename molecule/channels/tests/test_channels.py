@@ -118,7 +118,8 @@ def test_secrets_stay_out_of_journal_files_status_and_ansible_output(host):
             " -o -type f -perm -o=r -size -20M -print0 | xargs -0 grep -lF -e %s 2>/dev/null || true" % canary)
         assert leaked == "", "%s in world-readable files: %s" % (canary, leaked)
         holders = host.check_output("grep -rlF -e %s /etc /var /run /usr/local 2>/dev/null "
-                                    "| grep -v -e '^/var/log/agentops-fake-endpoint/' -e '^/etc/agentops-fake-endpoint/' || true"
+                                    "| grep -v -e '^/var/log/agentops-fake-endpoint/' "
+                                    "-e '^/etc/agentops-fake-endpoint/' || true"
                                     % canary).split()
         assert holders == ["/etc/agentops/agentops.json"], (canary, holders)
         assert canary not in host.check_output("ps -eo args")

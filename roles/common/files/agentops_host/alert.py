@@ -1185,7 +1185,8 @@ def send_email(channel, msg, timeout, max_wait=MAX_INLINE_RETRY_AFTER, sleep=tim
     try:
         session = _BoundedSMTP(infos, security == "tls", context, register, _remaining(deadline, timeout),
                                _mail_domain(socket.gethostname()))
-        session._host = host                # pylint: disable=protected-access  # TLS server name (no connect in __init__)
+        # the TLS server name (smtplib sets it in __init__, which is not given the host so that it does not connect)
+        session._host = host                # pylint: disable=protected-access
         code, _answer = session.connect(host, port)
         if code != 220:
             raise DeliveryError("SMTP %s: the server did not greet with 220" % code)
