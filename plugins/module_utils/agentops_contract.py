@@ -384,6 +384,10 @@ def _textfile_dir_problem(value):
     problem = path_problem(value, own=True)
     if problem:
         return "%s; an empty string turns the metrics file off" % problem
+    parts = [p for p in value.split("/") if p]
+    if parts[:1] == ["tmp"] or parts[:2] == ["var", "tmp"]:
+        return ("%r is under /tmp or /var/tmp: the heartbeat runs with PrivateTmp=yes and would write into its own "
+                "private copy, not the directory node_exporter reads" % (value,))
     return None
 
 

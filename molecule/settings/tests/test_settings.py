@@ -208,7 +208,7 @@ def test_site_rejects_bad_settings_before_any_change(host, run_playbook, case):
 
 def test_deadman_and_metrics_textfile_dir(host):
     """agentops_deadman (a healthchecks URL on the 18096 receiver) is pinged by the heartbeat runs with
-    /start and the plain URL, and agentops_metrics_textfile_dir (/var/tmp/agentops-metrics, absent at
+    /start and the plain URL, and agentops_metrics_textfile_dir (/var/lib/agentops-metrics, absent at
     first: skipped and shown as missing) receives agentops.prom once it exists."""
     def pings():
         log = host.file("/var/log/agentops-fake-endpoint/18096.jsonl")
@@ -224,10 +224,10 @@ def test_deadman_and_metrics_textfile_dir(host):
     assert set(found) <= {"/ping/settings-deadman-uuid/start", "/ping/settings-deadman-uuid",
                           "/ping/settings-deadman-uuid/fail"}, found
     settings = json.loads(host.check_output("cat /etc/agentops/heartbeat.json"))
-    assert settings["metrics_textfile_dir"] == "/var/tmp/agentops-metrics"
-    host.check_output("mkdir -p /var/tmp/agentops-metrics")
-    prom = wait_for(lambda: host.file("/var/tmp/agentops-metrics/agentops.prom").exists, 60,
+    assert settings["metrics_textfile_dir"] == "/var/lib/agentops-metrics"
+    host.check_output("mkdir -p /var/lib/agentops-metrics")
+    prom = wait_for(lambda: host.file("/var/lib/agentops-metrics/agentops.prom").exists, 60,
                     message="agentops.prom in agentops_metrics_textfile_dir")
     assert prom
     assert "agentops_heartbeat_last_run_timestamp_seconds " in host.file(
-        "/var/tmp/agentops-metrics/agentops.prom").content_string
+        "/var/lib/agentops-metrics/agentops.prom").content_string

@@ -231,3 +231,14 @@ def test_restart_steps_and_max_delay_come_together(dropped):
     del agent[dropped]
     errors = contract.agents_errors([agent])
     assert any(e.startswith("agentops_agents[knobs].%s: required with" % dropped) for e in errors), errors
+
+
+@pytest.mark.parametrize("path", ["/tmp/metrics", "/var/tmp/agentops-metrics", "/tmp"])
+def test_metrics_dir_under_a_private_tmp_is_refused(path):
+    errors = contract.settings_errors({"agentops_metrics_textfile_dir": path})
+    assert len(errors) == 1 and errors[0].startswith("agentops_metrics_textfile_dir: ") and "PrivateTmp" in errors[0]
+
+
+def test_metrics_dir_elsewhere_is_accepted():
+    assert contract.settings_errors({"agentops_metrics_textfile_dir": "/var/lib/prometheus/node-exporter"}) == []
+    assert contract.settings_errors({"agentops_metrics_textfile_dir": "/var/tmpfiles/x"}) == []
