@@ -9,9 +9,11 @@ one warm-up run, then ``--runs`` measured runs. The figure is the CPU time (user
 heartbeat process and all its children (``getrusage(RUSAGE_CHILDREN)`` of a probe that only
 starts it), the median of the measured runs; the wall time beside it.
 
-With ``--features`` the run has a Prometheus textfile directory and a host dead man's switch
-(healthchecks type, aimed at a loopback receiver in the container) configured, as in production
-with both on; a source that predates them ignores the settings file.
+By default the run has a Prometheus textfile directory and a host dead man's switch (healthchecks
+type, aimed at a loopback receiver in the container) configured, as in production with both on, and
+every measured run pings (the state of the last pings is removed before each: the worst case, as a
+success ping otherwise goes at most once a minute); ``--no-features`` turns both off. A source that
+predates them ignores the settings file.
 
   bench/heartbeat_bench.py --agents 1,50,200 --ref c39a6f7 --ref worktree
 
@@ -152,7 +154,9 @@ def features(name, enabled):
            data=json.dumps(settings).encode())
 
 
-def run_once(name, entry, state_label):
+def run_once(name, entry, state_label, pings_due=False):
+    if pings_due:  # forget when the targets were pinged last: this run pings every one of them
+        docker("exec", name, "rm", "-f", "/var/lib/agentops-state-%s/.heartbeat/deadman.json" % state_label)
     cmd = ["python3", "-c", PROBE, "python3", "-I", entry, "--state-dir", "/var/lib/agentops-state-%s" % state_label,
            "heartbeat"]
     out = docker("exec", name, *cmd).stdout.decode().split()
@@ -165,7 +169,7 @@ def median(values):
     return values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2.0
 
 
-def measure(image, agents, refs, runs, with_features):
+def measure(image, agents, refs, runs, with_features, pings_due=True):
     name = "%s%d" % (PREFIX, agents)
     docker("rm", "-f", name, check=False)
     docker("run", "-d", "--name", name, "--hostname", name, *DOCKER_FLAGS, image, *BOOT)
@@ -182,7 +186,7 @@ def measure(image, agents, refs, runs, with_features):
         for label, ref in refs:
             entry = install_source(name, label, ref)
             run_once(name, entry, label)  # warm-up: state files, byte code
-            samples = [run_once(name, entry, label) for _ in range(runs)]
+            samples = [run_once(name, entry, label, pings_due and with_features) for _ in range(runs)]
             rows.append({"agents": agents, "source": label, "ref": ref, "features": with_features,
                          "cpu": median([s[0] for s in samples]), "wall": median([s[1] for s in samples]),
                          "rc": max(s[2] for s in samples), "load": "%.2f" % os.getloadavg()[0]})

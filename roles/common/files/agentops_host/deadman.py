@@ -127,6 +127,18 @@ def _describe(exc, secrets):
         agentops_auth.bounded_detail(str(exc), secrets)
 
 
+_TLS = []
+_TLS_LOCK = threading.Lock()
+
+
+def _tls_context():
+    """One verifying TLS context per process (loading the system CA store costs CPU; pings run in parallel)."""
+    with _TLS_LOCK:
+        if not _TLS:
+            _TLS.append(ssl.create_default_context())
+        return _TLS[0]
+
+
 def send(url, timeout, secrets=()):
     """GET ``url`` within ``timeout`` seconds: (ok, detail). 2xx is success; 3xx, 4xx, 5xx, errors and
     the deadline are failures. ``detail`` never holds the URL (nor any of ``secrets``)."""
@@ -135,7 +147,8 @@ def send(url, timeout, secrets=()):
         request = urlrequest.Request(url, headers={"User-Agent": USER_AGENT}, method="GET")
     except ValueError as exc:
         return False, "the request cannot be built (%s)" % _describe(exc, secrets)
-    answer, error, timed_out = agentops_auth.http_exchange(request, ssl.create_default_context(), timeout)
+    answer, error, timed_out = agentops_auth.http_exchange(request, _tls_context() if url.startswith("https:") else None,
+                                                           timeout)
     if timed_out:
         return False, "no answer within %.1fs" % timeout
     if error is not None:
