@@ -384,6 +384,15 @@ def _textfile_dir_problem(value):
     problem = path_problem(value, own=True)
     if problem:
         return "%s; an empty string turns the metrics file off" % problem
+    return None
+
+
+def _textfile_dir_setting_problem(value):
+    """The inventory's agentops_metrics_textfile_dir: a path (as above), and not one the heartbeat unit's
+    PrivateTmp=yes would hide (the host's heartbeat.json is only checked as a path)."""
+    problem = _textfile_dir_problem(value)
+    if problem or not value:
+        return problem
     parts = [p for p in value.split("/") if p]
     if parts[:1] == ["tmp"] or parts[:2] == ["var", "tmp"]:
         return ("%r is under /tmp or /var/tmp: the heartbeat runs with PrivateTmp=yes and would write into its own "
@@ -394,7 +403,7 @@ def _textfile_dir_problem(value):
 SETTING_CHECKS.update({
     # heartbeat role (/etc/agentops/heartbeat.json)
     "agentops_deadman": _deadman_setting_problem,
-    "agentops_metrics_textfile_dir": _textfile_dir_problem,
+    "agentops_metrics_textfile_dir": _textfile_dir_setting_problem,
 })
 
 # The fixed names on the host (DESIGN.md): the roles, the units, the cron line and the on-host
