@@ -317,7 +317,6 @@ SETTING_CHECKS.update({
     "agentops_auth_timeout": lambda v: _int_problem(v, 1, 3600),
     "agentops_auth_fail_on_unreachable": _bool_problem,
     "agentops_auth_check_at_deploy": _bool_problem,
-    "agentops_auth_check_at_deploy": _bool_problem,
 })
 
 # --------------------------------------------------------------------------- dead man's switch
