@@ -19,7 +19,7 @@ mkdir -p "$logs"
 
 # Expected seconds per scenario (both images); unknown scenarios count as 300.
 declare -A WEIGHTS=([alerts]=600 [default]=520 [hostile]=400 [audit]=350 [watcher]=330 [channels]=330
-                    [token_rotation]=260 [journald]=200 [settings]=200 [agents]=170 [auth]=140)
+                    [token_rotation]=260 [journald]=200 [settings]=360 [agents]=330 [ssh]=240 [auth]=140)
 
 run_scenario() {
   local scenario=$1 log="$logs/molecule-$1.log" start=$SECONDS status rc summary p f

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Managed by the agentops.fleet collection: prepares a Debian host to run the
 # Molecule test harness. Idempotent; safe to run as often as you like.
-#   - installs Debian's docker.io and debootstrap when missing
+#   - installs Debian's docker.io, debootstrap and openssh-client (the ssh scenario) when missing
 #   - starts dockerd when no Docker engine answers (clear error, never a hang)
 set -euo pipefail
 
@@ -12,6 +12,7 @@ need_pkgs=()
 command -v dockerd >/dev/null 2>&1 || need_pkgs+=(docker.io)
 command -v debootstrap >/dev/null 2>&1 || need_pkgs+=(debootstrap)
 [ -e /usr/share/keyrings/debian-archive-keyring.gpg ] || need_pkgs+=(debian-archive-keyring)
+{ command -v ssh && command -v ssh-keygen; } >/dev/null 2>&1 || need_pkgs+=(openssh-client)
 
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
   [ "$(id -u)" -eq 0 ] || die "missing ${need_pkgs[*]}; run 'make setup' as root or install them yourself"
