@@ -318,6 +318,8 @@ class Run:
     def save(self):
         wanted = set(target_id(s, t) for s, t in self.host_targets() + self.agent_targets())
         targets = dict((k, v) for k, v in self.state.items() if k in wanted)
+        if not targets and not os.path.exists(self.path):
+            return  # no dead man's switch configured: nothing to record, no write per run
         try:
             state.write_json(self.path, {"targets": targets})
         except OSError as exc:
