@@ -393,6 +393,8 @@ def read_token_file(path, limit=MAX_TOKEN_FILE):
     except safefile.UnsafeEntry as exc:
         if exc.found == "too large":
             raise OSError(errno.EFBIG, "larger than %d KiB" % (limit // 1024), path)
+        if exc.found in ("fifo", "directory", "not a regular file"):
+            raise OSError(errno.EINVAL, "not a regular file (%s)" % exc.found, path)
         raise OSError(errno.EINVAL, exc.reason, path)
     return data.decode("utf-8").rstrip("\r\n")
 
