@@ -162,7 +162,7 @@ def converge(inventory, env, logfile):
     changed = sum(stats.get("changed", 0) for stats in report.get("stats", {}).values())
     times = task_times(report)
     validation = sum(seconds for _name, seconds, actions in times if VALIDATION_ACTION in actions)
-    return {"seconds": elapsed, "changed": changed, "validation": validation, "tasks": len(times)}
+    return {"seconds": elapsed, "changed": changed, "validation": validation, "tasks": len(times), "times": times}
 
 
 def measure(agents, hosts, image, env, workdir, repeat):
@@ -188,6 +188,7 @@ def measure(agents, hosts, image, env, workdir, repeat):
             "changed_first": first["changed"], "changed_second": second["changed"],
             "validation_first": first["validation"], "validation_second": second["validation"],
             "tasks_second": second["tasks"],
+            "slowest_second": [(name, round(sec, 2)) for name, sec, _a in sorted(second["times"], key=lambda t: -t[1])[:8]],
             "heartbeat_cpu": heartbeat_cpu, "heartbeat_wall": heartbeat_wall}
 
 
