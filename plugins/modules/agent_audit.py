@@ -178,6 +178,7 @@ import re
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.agentops.fleet.plugins.module_utils import agentops_safefile as safefile
+from ansible_collections.agentops.fleet.plugins.module_utils.agentops_contract import CHANNEL_FIELDS
 from ansible_collections.agentops.fleet.plugins.module_utils.agentops_systemd import parse_show
 
 ITEMS = (
@@ -196,7 +197,8 @@ SHOW_PROPERTIES = ("Id", "LoadState", "ActiveState", "SubState", "KillMode", "Re
                    "ExecStartPre", "WorkingDirectory")
 HELPER_UNITS = ("agentops-alert-flush.service", "agentops-heartbeat.service")
 HELPER_PREFIXES = ("agentops-heartbeat-",)
-CHANNEL_TYPES = ("telegram", "webhook", "command")
+# The channel types the alert path delivers to (the inventory contract's list).
+CHANNEL_TYPES = tuple(sorted(CHANNEL_FIELDS))
 JOURNALD_DIRS = ("etc/systemd", "run/systemd", "usr/local/lib/systemd", "usr/lib/systemd")
 CREDENTIAL_DIRECTIVES = ("LoadCredential", "LoadCredentialEncrypted", "SetCredential", "SetCredentialEncrypted",
                          "ImportCredential")

@@ -211,7 +211,7 @@ def test_status_json(host):
 
 
 BAD_INPUT = [
-    ({"agentops_alert_channels": [{"type": "slack", "url": "https://hooks.example.com/x"}]},
+    ({"agentops_alert_channels": [{"type": "matrix", "url": "https://hooks.example.com/x"}]},
      "agentops_alert_channels[0].type: unknown channel type"),
     ({"agentops_alert_channels": [{"type": "telegram", "bot_token": "99:" + CANARY}]},
      "agentops_alert_channels[0] (telegram).chat_id is required"),

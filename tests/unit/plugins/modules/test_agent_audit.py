@@ -158,6 +158,14 @@ def test_heartbeat_inactive_timer():
     assert "agentops-heartbeat.timer is inactive" in checks["heartbeat"]["reason"]
 
 
+@pytest.mark.parametrize("kind", ["slack", "discord", "ntfy", "pagerduty", "email", "telegram", "webhook", "command"])
+def test_every_contract_channel_type_is_usable(kind):
+    checks = by_id(agent_audit.evaluate(good_facts(channel_types=[kind])))
+    assert checks["alert_path"]["passed"] and "channels: %s" % kind in checks["alert_path"]["reason"]
+    checks = by_id(agent_audit.evaluate(good_facts(channel_types=["carrier-pigeon"])))
+    assert not checks["alert_path"]["passed"] and "no usable channel" in checks["alert_path"]["reason"]
+
+
 def test_alert_channels():
     checks = by_id(agent_audit.evaluate(good_facts(channel_types=[])))
     assert not checks["alert_path"]["passed"]
