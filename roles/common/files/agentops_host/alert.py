@@ -154,7 +154,7 @@ def _add_secret(value):
     _SECRETS_SORTED[:] = sorted(_SECRETS, key=len, reverse=True)
 
 
-def _add_url_secret(url):
+def add_url_secret(url):
     """A secret URL, and the parts an endpoint may echo alone: its path and query, and their long pieces."""
     _add_secret(url)
     if not isinstance(url, str):
@@ -179,7 +179,7 @@ def _register_secrets(channels):
             continue
         for field in SECRET_FIELDS:
             if field == "url":
-                _add_url_secret(channel.get(field))
+                add_url_secret(channel.get(field))
             else:
                 _add_secret(channel.get(field))
         headers = channel.get("headers")

@@ -633,9 +633,8 @@ def run(args):
     now = started
     state.ensure_dir(heartbeat_dir(args))
     settings, settings_problem = load_settings(args)
-    register = getattr(alert, "_add_url_secret", None)  # scrubbed from every log line and alert, like channel URLs
-    for _scope, target in (deadman.Run.targets_of(settings) if register else []):
-        register(target.get("url"))
+    for _scope, target in deadman.Run.targets_of(settings):  # scrubbed from every log line and alert, like channel URLs
+        alert.add_url_secret(target.get("url"))
     if settings_problem:
         alert.log("heartbeat: %s; running without a dead man's switch and metrics" % settings_problem)
     pings = deadman.Run(args, settings, alert.log)
