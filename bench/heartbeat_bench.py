@@ -29,16 +29,12 @@ import sys
 import tarfile
 import time
 
+# The container flags and boot command of the converge benchmark (the Molecule platforms' own);
+# bench/ is on sys.path as the script's own folder.
+from converge_bench import BOOT, DOCKER_FLAGS
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PREFIX = "agentops-hbbench-"
-DOCKER_FLAGS = [
-    "--cap-add", "SYS_ADMIN",
-    "--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined",
-    "--cgroupns", "host",
-    "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw",
-    "--tmpfs", "/run", "--tmpfs", "/run/lock",
-]
-BOOT = ["/bin/sh", "-c", "mount --make-rshared / && exec /lib/systemd/systemd"]
 LIB = "/usr/local/lib/agentops-%s"
 HOST_FILES = "roles/common/files"
 SHARED = "plugins/module_utils"

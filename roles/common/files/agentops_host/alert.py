@@ -610,6 +610,18 @@ def _resolve_host(host, port, deadline, timeout):
     return box.get("infos") or []
 
 
+def _expirer(guard, expired, killers):
+    """A deadline watchdog's callback: mark the deadline passed, then shut down every registered socket
+    (``killers``: duplicates of the sockets in use), which ends any blocking I/O on them at once."""
+    def expire():
+        with guard:
+            expired.set()
+            for killer in killers:
+                with contextlib.suppress(OSError):
+                    killer.shutdown(socket.SHUT_RDWR)
+    return expire
+
+
 def http_post(url, data, headers=None, timeout=DEFAULT_TIMEOUT, limit=RESPONSE_LIMIT):
     """POST ``data``; return (status, answer bytes (at most ``limit``), answer headers).
 
@@ -626,12 +638,7 @@ def http_post(url, data, headers=None, timeout=DEFAULT_TIMEOUT, limit=RESPONSE_L
     killers = []
     opened = []
 
-    def expire():
-        with guard:
-            expired.set()
-            for killer in killers:
-                with contextlib.suppress(OSError):
-                    killer.shutdown(socket.SHUT_RDWR)
+    expire = _expirer(guard, expired, killers)
 
     watchdog = threading.Timer(timeout, expire)
     watchdog.daemon = True
@@ -1170,12 +1177,7 @@ def send_email(channel, msg, timeout, max_wait=MAX_INLINE_RETRY_AFTER, sleep=tim
             if expired.is_set():
                 raise DeliveryError("no complete SMTP session within the deadline of %gs" % timeout)
 
-    def expire():
-        with guard:
-            expired.set()
-            for killer in killers:
-                with contextlib.suppress(OSError):
-                    killer.shutdown(socket.SHUT_RDWR)
+    expire = _expirer(guard, expired, killers)
 
     infos = _resolve_host(host, port, deadline, timeout)
     watchdog = threading.Timer(_remaining(deadline, timeout), expire)
