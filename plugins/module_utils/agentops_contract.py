@@ -23,6 +23,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import decimal
 import re
 import shlex
 
@@ -44,6 +45,58 @@ SIZE_RE = re.compile(r"^(?:[0-9]+(?:\.[0-9]+)?[KMGT]?|[0-9]{1,3}%|infinity)\Z")
 QUOTA_RE = re.compile(r"^[0-9]{1,5}%\Z")
 TASKS_RE = re.compile(r"^(?:[0-9]+|[0-9]{1,3}%|infinity)\Z")
 JOURNALD_SIZE_RE = re.compile(r"^[0-9]+(?:\.[0-9]+)?[KMGTPE]?\Z")
+_SIZE_FACTORS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_UINT64 = 1 << 64
+
+
+def _limit_text(value):
+    """The text of a resource limit, or None for a type that never is one (bool, None, a container)."""
+    if isinstance(value, bool) or value is None or isinstance(value, (dict, list)):
+        return None
+    return str(value)
+
+
+def size_problem(value):
+    """Why ``value`` is not a memory limit systemd accepts (MemoryMax=, MemoryHigh=); None when it is.
+
+    systemd refuses 0, 0%, a fraction of a byte ("0.5"), more than 100% and more than 2^64 bytes
+    ("out of range, ignoring": the unit would run without the limit).
+    """
+    what = "%r is not a size (e.g. 512M, 2G, 50%%, infinity)" % (value,)
+    text = _limit_text(value)
+    if text is None or not SIZE_RE.match(text):
+        return what
+    if text == "infinity":
+        return None
+    if text.endswith("%"):
+        return None if 1 <= int(text[:-1]) <= 100 else what + ": a percentage is 1% to 100% of the memory"
+    unit = text[-1] if text[-1] in _SIZE_FACTORS else ""
+    number = text[:-1] if unit else text
+    if not unit and "." in number:
+        return what + ": a fraction of a byte"
+    amount = int(decimal.Decimal(number) * _SIZE_FACTORS[unit])
+    return None if 1 <= amount < _UINT64 else what + ": out of range"
+
+
+def tasks_problem(value):
+    """Why ``value`` is not a TasksMax= systemd accepts (1 or more tasks, 0% to 100%, infinity); None when it is."""
+    what = "%r is not a number of tasks, a percentage or infinity" % (value,)
+    text = _limit_text(value)
+    if text is None or not TASKS_RE.match(text):
+        return what
+    if text == "infinity":
+        return None
+    if text.endswith("%"):
+        return None if int(text[:-1]) <= 100 else what + ": a percentage is 0% to 100%"
+    return None if 1 <= int(text) < _UINT64 else what + ": out of range (1 or more)"
+
+
+def quota_problem(value):
+    """Why ``value`` is not a CPUQuota= systemd accepts (a percentage above 0); None when it is."""
+    what = "%r is not a percentage (e.g. 50%%, 200%%)" % (value,)
+    if not isinstance(value, str) or not QUOTA_RE.match(value):
+        return what
+    return None if int(value[:-1]) >= 1 else what + ": more than 0% is needed"
 JOURNALD_KEY_RE = re.compile(r"^[A-Z][A-Za-z]+\Z")
 ABS_PATH_RE = re.compile(r"^/[^\s\"'\\]*\Z")
 # Paths of the collection itself (written unescaped into units, timers, cron and JSON): no '%' either.
@@ -229,9 +282,9 @@ SETTING_CHECKS = {
     "agentops_agents_timeout_stop_sec": timespan_problem,
     "agentops_agents_start_limit_interval_sec": timespan_problem,
     "agentops_agents_start_limit_burst": lambda v: _int_problem(v, 1),
-    "agentops_agents_memory_max": _regex_problem(SIZE_RE, "a size (e.g. 512M, 2G, 50%, infinity)"),
-    "agentops_agents_cpu_quota": _regex_problem(QUOTA_RE, "a percentage (e.g. 50%, 200%)"),
-    "agentops_agents_tasks_max": _regex_problem(TASKS_RE, "a number of tasks, a percentage or infinity"),
+    "agentops_agents_memory_max": size_problem,
+    "agentops_agents_cpu_quota": lambda v: quota_problem(_limit_text(v)),
+    "agentops_agents_tasks_max": tasks_problem,
     "agentops_agents_every_days": lambda v: _int_problem(v, 1),
     # heartbeat role (agentops-heartbeat.service / .timer)
     "agentops_heartbeat_tick": timespan_problem,
@@ -935,12 +988,11 @@ def _check_agent(errors, agent, index, names):
             errors.add("%s.%s" % (where, key), "%r is not a systemd time span" % (agent[key],))
     if "start_limit_burst" in agent and not (_is_int(agent["start_limit_burst"]) and agent["start_limit_burst"] >= 1):
         errors.add(where + ".start_limit_burst", "%r must be an integer >= 1" % (agent["start_limit_burst"],))
-    if "memory_max" in agent and (isinstance(agent["memory_max"], bool) or not SIZE_RE.match(str(agent["memory_max"]))):
-        errors.add(where + ".memory_max", "%r is not a size (e.g. 512M, 2G, 50%%, infinity)" % (agent["memory_max"],))
-    if "cpu_quota" in agent and not (isinstance(agent["cpu_quota"], str) and QUOTA_RE.match(agent["cpu_quota"])):
-        errors.add(where + ".cpu_quota", "%r is not a percentage (e.g. 50%%, 200%%)" % (agent["cpu_quota"],))
-    if "tasks_max" in agent and (isinstance(agent["tasks_max"], bool) or not TASKS_RE.match(str(agent["tasks_max"]))):
-        errors.add(where + ".tasks_max", "%r is not a number of tasks, a percentage or infinity" % (agent["tasks_max"],))
+    for key, check in (("memory_max", size_problem), ("cpu_quota", quota_problem), ("tasks_max", tasks_problem),
+                       ("memory_high", size_problem)):
+        problem = check(agent[key]) if key in agent else None
+        if problem:
+            errors.add("%s.%s" % (where, key), problem)
     _check_unit_knobs(errors, where, agent)
 
 
@@ -964,9 +1016,6 @@ def _check_unit_knobs(errors, where, agent):
         if low is not None and _is_timespan(low) and parse_timespan(agent["restart_max_delay_sec"]) < parse_timespan(low):
             errors.add(where + ".restart_max_delay_sec", "%r is shorter than restart_sec %r"
                        % (agent["restart_max_delay_sec"], low))
-    if "memory_high" in agent and (isinstance(agent["memory_high"], bool)
-                                   or not SIZE_RE.match(str(agent["memory_high"]))):
-        errors.add(where + ".memory_high", "%r is not a size (e.g. 512M, 2G, 50%%, infinity)" % (agent["memory_high"],))
     score = agent.get("oom_score_adjust")
     if "oom_score_adjust" in agent and not (_is_int(score) and -1000 <= score <= 1000):
         errors.add(where + ".oom_score_adjust", "%r must be a whole number from -1000 to 1000" % (score,))

@@ -242,3 +242,30 @@ def test_metrics_dir_under_a_private_tmp_is_refused(path):
 def test_metrics_dir_elsewhere_is_accepted():
     assert contract.settings_errors({"agentops_metrics_textfile_dir": "/var/lib/prometheus/node-exporter"}) == []
     assert contract.settings_errors({"agentops_metrics_textfile_dir": "/var/tmpfiles/x"}) == []
+
+
+# Values systemd refuses with "out of range, ignoring" (the unit would run without the limit): found by
+# tests/property (memory_max: 0, tasks_max: 0), each checked with systemd-analyze verify on Debian 12.
+@pytest.mark.parametrize("field, value", [
+    ("memory_max", 0), ("memory_max", "0"), ("memory_max", "0%"), ("memory_max", "101%"), ("memory_max", "0.5"),
+    ("memory_max", "99999999999999999999T"), ("memory_high", 0), ("memory_high", "0%"),
+    ("tasks_max", 0), ("tasks_max", "150%"), ("cpu_quota", "0%"),
+])
+def test_limits_systemd_ignores_are_refused(field, value):
+    errors = contract.agents_errors([{"name": "lim", "command": "/bin/true", field: value}])
+    assert len(errors) == 1 and errors[0].startswith("agentops_agents[lim].%s: " % field), errors
+
+
+@pytest.mark.parametrize("field, value", [
+    ("memory_max", "100%"), ("memory_max", "0.5K"), ("memory_max", "1.5G"), ("memory_max", 512),
+    ("memory_max", "infinity"), ("tasks_max", "0%"), ("tasks_max", "100%"), ("tasks_max", 1), ("cpu_quota", "1%"),
+])
+def test_limits_systemd_accepts_are_accepted(field, value):
+    assert contract.agents_errors([{"name": "lim", "command": "/bin/true", field: value}]) == []
+
+
+@pytest.mark.parametrize("variable, value", [
+    ("agentops_agents_memory_max", 0), ("agentops_agents_tasks_max", 0), ("agentops_agents_cpu_quota", "0%")])
+def test_role_limits_systemd_ignores_are_refused(variable, value):
+    errors = contract.settings_errors({variable: value})
+    assert len(errors) == 1 and errors[0].startswith(variable + ": "), errors
