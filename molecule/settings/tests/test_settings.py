@@ -6,7 +6,7 @@ variable of every role's argument_specs is named here and set in molecule.yml to
 import json
 import os
 import re
-import time
+import shlex
 
 import pytest
 import testinfra.utils.ansible_runner
@@ -28,28 +28,13 @@ print(json.dumps(out))
 """
 
 
-def wait_for(predicate, timeout, interval=0.5, message="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError("timed out after %ss waiting for %s (last: %r)" % (timeout, message, value))
-        time.sleep(interval)
-
-
 def show(host, unit, *props):
     out = host.check_output("systemctl show %s %s" % (unit, " ".join("-p " + p for p in props)))
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
 
 def host_settings(host):
-    return json.loads(host.check_output("python3 -I -c %s" % _quote(HOST_SETTINGS)))
-
-
-def _quote(text):
-    return "'" + text.replace("'", "'\\''") + "'"
+    return json.loads(host.check_output("python3 -I -c %s" % shlex.quote(HOST_SETTINGS)))
 
 
 def webhook_messages(host):
@@ -80,7 +65,7 @@ def test_rotation_period_default_and_rotation_settings(host):
     assert host_settings(host)["rotation"] == {"grace_days": 3, "timeout_seconds": 60}
 
 
-def test_rotation_runs_from_the_chosen_cron_daemon(host):
+def test_rotation_runs_from_the_chosen_cron_daemon(host, wait_for):
     """agentops_token_rotation_hour and agentops_token_rotation_minute set the daily run;
     agentops_token_rotation_cron_package and agentops_token_rotation_cron_service choose the daemon
     (systemd-cron here: cron.target, and a timer generated from the cron file)."""
@@ -108,7 +93,7 @@ def test_alert_settings_are_what_the_host_uses(host):
     assert "OnUnitActiveUSec=45s" in timers, timers
 
 
-def test_heartbeat_tick_and_disk_check(host):
+def test_heartbeat_tick_and_disk_check(host, wait_for):
     """agentops_heartbeat_tick (20s, shorter than the agents' 1min interval) is the timer's period;
     agentops_heartbeat_disk_threshold_percent (1) and agentops_heartbeat_disk_paths ([/var/tmp]) make the
     heartbeat warn about /var/tmp's filesystem, and agentops_alert_channels / agentops_alert_host_name
@@ -125,7 +110,7 @@ def test_heartbeat_tick_and_disk_check(host):
     assert not [m for m in webhook_messages(host) if m.get("key") == "host/disk:/var/log/journal"]
 
 
-def test_auth_timeout_and_unreachable_policy(host, run_playbook):
+def test_auth_timeout_and_unreachable_policy(host, run_playbook, wait_for):
     """agentops_auth_timeout (3 s) cuts off an endpoint that answers after 5 s, on the host and at deploy, and
     agentops_auth_fail_on_unreachable: false turns that into a warning, not a failed play
     agentops_auth_check_at_deploy: false kept site.yml's converge and idempotence runs from asking the
@@ -148,7 +133,7 @@ def test_auth_timeout_and_unreachable_policy(host, run_playbook):
                      r"http://127.0.0.1:18096/slow did not answer within 3s", result.output), result.output[-3000:]
 
 
-def test_journald_uses_the_configured_limits(host):
+def test_journald_uses_the_configured_limits(host, wait_for):
     """agentops_journald_system_max_use, agentops_journald_system_keep_free,
     agentops_journald_max_retention_sec, agentops_journald_system_max_file_size,
     agentops_journald_max_file_sec, agentops_journald_rate_limit_interval_sec,
@@ -206,7 +191,7 @@ def test_site_rejects_bad_settings_before_any_change(host, run_playbook, case):
     assert etc_snapshot(host) == before
 
 
-def test_deadman_and_metrics_textfile_dir(host):
+def test_deadman_and_metrics_textfile_dir(host, wait_for):
     """agentops_deadman (a healthchecks URL on the 18096 receiver) is pinged by the heartbeat runs with
     /start and the plain URL, and agentops_metrics_textfile_dir (/var/lib/agentops-metrics, absent at
     first: skipped and shown as missing) receives agentops.prom once it exists."""

@@ -48,17 +48,6 @@ def pings(host, since=0.0):
     return out
 
 
-def wait_for(predicate, timeout, message, interval=1.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError("timed out after %ss waiting for %s (last: %r)" % (timeout, message, value))
-        time.sleep(interval)
-
-
 def seen(host, since, path, **query):
     """The first ping to ``path`` (with these query values) since ``since``, or None."""
     for item in pings(host, since):
@@ -87,7 +76,7 @@ def metric(found, name, **labels):
     return found.get((name, tuple(sorted(labels.items()))))
 
 
-def test_10_pings_arrive_with_the_right_suffix_and_status(host):
+def test_10_pings_arrive_with_the_right_suffix_and_status(host, wait_for):
     """Every type gets its URL: healthchecks /start and the plain URL, Uptime Kuma status=up, Cronitor
     state=run and state=complete, plain http; each agent's own target its success; the receiver accepts
     each as the real service would. A run whose pings are due (state reset) pings within a tick or two."""
@@ -97,17 +86,17 @@ def test_10_pings_arrive_with_the_right_suffix_and_status(host):
                     seen(host, since, CRON, state="complete"), seen(host, since, PLAIN), seen(host, since, HC_UP),
                     seen(host, since, HC_HUNG)))
 
-    wait_for(lambda: all_arrived(0.0), 60, "the first pings of every target")
+    wait_for(lambda: all_arrived(0.0), 60, interval=1.0, message="the first pings of every target")
     for _time, path, _query, status, verdict in pings(host):
         assert status == 200 and verdict in ("ok", None), (path, status, verdict)
     assert not seen(host, 0.0, HC_HOST + "/fail") and not seen(host, 0.0, CRON, state="fail")
     # every run pings once its pings are due: make them due, the next tick sends them all again
     start = now(host)
     host.run_expect([0], "rm -f %s" % STATE)
-    wait_for(lambda: all_arrived(start), 4 * TICK + 10, "the pings of the next run")
+    wait_for(lambda: all_arrived(start), 4 * TICK + 10, interval=1.0, message="the pings of the next run")
 
 
-def test_20_metrics_and_switches_for_up_hung_and_failed(host):
+def test_20_metrics_and_switches_for_up_hung_and_failed(host, wait_for):
     """node_exporter serves every metric with the right values for an up, a hung and a failed agent; the
     hung agent's own switch and the host's switch fail at once, the healthy agent's does not."""
     start = now(host)
@@ -122,7 +111,7 @@ def test_20_metrics_and_switches_for_up_hung_and_failed(host):
             return found
         return None
 
-    found = wait_for(settled, 60, "the hung and failed agents in the scraped metrics")
+    found = wait_for(settled, 60, interval=1.0, message="the hung and failed agents in the scraped metrics")
     container_now = now(host)
     assert metric(found, "agentops_agent_up", agent="up") == 1
     assert metric(found, "agentops_agent_up", agent="hung") == 1          # alive, but not progressing
@@ -138,33 +127,34 @@ def test_20_metrics_and_switches_for_up_hung_and_failed(host):
     for name in ("agentops_agent_up", "agentops_agent_restarts_total", "agentops_open_alerts"):
         assert any(key[0] == name for key in found), name
     # the switches
-    wait_for(lambda: seen(host, start, HC_HUNG + "/fail"), 30, "the hung agent's /fail ping")
+    wait_for(lambda: seen(host, start, HC_HUNG + "/fail"), 30, interval=1.0, message="the hung agent's /fail ping")
     wait_for(lambda: seen(host, start, HC_HOST + "/fail") and seen(host, start, KUMA, status="down")
-             and seen(host, start, CRON, state="fail"), 30, "the host's failure pings")
+             and seen(host, start, CRON, state="fail"), 30, interval=1.0, message="the host's failure pings")
     assert not seen(host, start, HC_UP + "/fail")
     assert not seen(host, start, PLAIN), "the plain http target is pinged only after a run without anything critical"
 
 
-def test_30_hung_agent_resumes_its_switch_turns_back_to_success(host):
+def test_30_hung_agent_resumes_its_switch_turns_back_to_success(host, wait_for):
     start = now(host)
     set_mode(host, "hung", "ok")
-    wait_for(lambda: seen(host, start, HC_HUNG), 30, "the resumed agent's success ping")
+    wait_for(lambda: seen(host, start, HC_HUNG), 30, interval=1.0, message="the resumed agent's success ping")
     found = wait_for(lambda: (lambda f: f if (metric(f, "agentops_agent_progress_age_seconds", agent="hung") or 99) < 8
-                              else None)(scrape(host)), 30, "the resumed agent's progress age")
+                              else None)(scrape(host)), 30, interval=1.0, message="the resumed agent's progress age")
     assert metric(found, "agentops_agent_up", agent="hung") == 1
     # put the failed agent back (the next tests and a re-run want every agent healthy)
     set_mode(host, "failed", "ok")
     host.run_expect([0], "systemctl reset-failed agentops-failed.service; systemctl start agentops-failed.service")
     wait_for(lambda: seen(host, now(host) - 60, HC_HOST) if metric(
-        scrape(host), "agentops_agent_up", agent="failed") == 1 else None, 60, "the host's switch back to success")
+        scrape(host), "agentops_agent_up", agent="failed") == 1 else None, 60,
+        interval=1.0, message="the host's switch back to success")
 
 
-def test_40_stopping_the_timer_stops_the_pings(host):
+def test_40_stopping_the_timer_stops_the_pings(host, wait_for):
     """With agentops-heartbeat.timer stopped nothing reaches the receiver although pings are due, so the
     service sees the check late; started again, the pings resume."""
     host.run_expect([0], "systemctl stop agentops-heartbeat.timer")
     wait_for(lambda: host.run("systemctl is-active agentops-heartbeat.service").stdout.strip() != "activating",
-             30, "the last heartbeat run to end")
+             30, interval=1.0, message="the last heartbeat run to end")
     stopped = now(host)
     host.run_expect([0], "rm -f %s" % STATE)                # every ping would be due at the next run
     time.sleep(5 * TICK)                                    # absence can only be shown by waiting
@@ -177,7 +167,7 @@ def test_40_stopping_the_timer_stops_the_pings(host):
         host.run_expect([0], "systemctl start agentops-heartbeat.timer")
     restarted = now(host)
     wait_for(lambda: seen(host, restarted, HC_HOST + "/start") and seen(host, restarted, HC_HOST),
-             4 * TICK + 10, "the pings after the timer started again")
+             4 * TICK + 10, interval=1.0, message="the pings after the timer started again")
 
 
 def test_50_status_and_secrets(host, run_playbook):
