@@ -259,10 +259,22 @@ def status_fleet_rows(hosts, hostvars):
     return rows
 
 
-def status_report(rows, fmt="table", generated=None):
-    """The fleet report of ``status_fleet_rows``: ``table`` (the aligned table), ``text``, ``markdown`` or ``html``."""
+def status_fleet_notes(hosts, hostvars):
+    """The watcher lines of every host (heartbeat last run, metrics file, dead man's switch targets,
+    dead-letter count), each prefixed with its host, from the same results as ``status_fleet_rows``."""
+    import time  # pylint: disable=import-outside-toplevel
+    now = time.time()
+    notes = []
+    for host in hosts or []:
+        notes.extend(agentops_status.fleet_notes_of_host(host, _hostvar(hostvars, host, "agentops_status_cmd"), now))
+    return notes
+
+
+def status_report(rows, fmt="table", generated=None, notes=None):
+    """The fleet report of ``status_fleet_rows``: ``table`` (the aligned table), ``text``, ``markdown`` or ``html``;
+    ``notes`` (``status_fleet_notes``) under the table, in a "Watchers" section of the reports."""
     try:
-        return agentops_status.fleet_report(rows, fmt, generated)
+        return agentops_status.fleet_report(rows, fmt, generated, notes)
     except ValueError as exc:
         raise AnsibleFilterError("status_report: %s" % exc)
 
@@ -342,6 +354,7 @@ class FilterModule(object):
             "host_command_files": host_command_files,
             "status_fleet_rows": status_fleet_rows,
             "status_report": status_report,
+            "status_fleet_notes": status_fleet_notes,
             "audit_summary": audit_summary,
             "audit_checklist": audit_checklist,
             "audit_report": audit_report,

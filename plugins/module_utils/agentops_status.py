@@ -196,6 +196,27 @@ def watcher_lines(watcher, rows=(), now=None):
     return lines
 
 
+def fleet_notes_of_host(host, cmd, now=None):
+    """The watcher lines of one host for the fleet report, each prefixed with the host: its heartbeat's last
+    run, metrics file, dead man's switch targets (``watcher_lines``) and its dead-letter count, from the
+    ``agentops status --json`` result ``cmd`` (the same ``watcher`` and ``dead_letter`` are in every row).
+    A host that did not answer, failed, or has no agents has no lines (its row already says so)."""
+    cmd = cmd or {}
+    if cmd.get("rc") != 0:
+        return []
+    try:
+        agents = json.loads(cmd.get("stdout") or "")
+    except ValueError:
+        return []
+    if not isinstance(agents, list) or not agents or not all(isinstance(a, dict) for a in agents):
+        return []
+    lines = watcher_lines(agents[0].get("watcher"), agents, now=now)
+    dead = agents[0].get("dead_letter")
+    if isinstance(dead, int) and not isinstance(dead, bool) and dead > 0:
+        lines.append("dead-letter alerts: %d (given up on; see the alert spool's dead-letter folder)" % dead)
+    return ["%s: %s" % (host, line) for line in lines]
+
+
 def fleet_report(rows, fmt="table", generated=None, notes=None):
     """The fleet rows as ``table`` (aligned text), ``text`` (a report: title line and table),
     ``markdown`` or ``html``. ``generated``: the time shown in reports (default: now, UTC).

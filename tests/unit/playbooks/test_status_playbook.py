@@ -20,6 +20,13 @@ AGENTS = [
     {"agent": "notes<&>", "active_state": "failed", "sub_state": "failed", "restarts": 0, "uptime_seconds": None,
      "last_progress_age_seconds": None, "auth": None, "next_rotation": None, "open_alerts": [], "error": None},
 ]
+# What `agentops status --json` repeats in every row: the heartbeat's watcher and the dead-letter count.
+WATCHER = {"last_run": 1_700_000_000.0, "duration": 0.31, "settings_error": None,
+           "metrics": {"status": "missing", "detail": "/var/lib/prometheus/node-exporter does not exist"},
+           "deadman": [{"target": "healthchecks hc-ping.com", "ok": False, "last_kind": "fail", "error": "HTTP 503",
+                        "last_attempt_at": 1_700_000_000.0, "failures": 4, "last_ok_at": None}]}
+for _row in AGENTS:
+    _row.update(watcher=WATCHER, dead_letter=2, deadman=[])
 SCRIPTS = {
     "web1": "#!/bin/sh\ncat <<'EOF'\n%s\nEOF\n" % json.dumps(AGENTS),
     "empty": "#!/bin/sh\necho '[]'\n",
@@ -77,10 +84,18 @@ def test_fleet_table_and_markdown_report(fleet):
                         ("bare", "not provisioned")):
         assert any(re.match(r"%s\s+-\s+%s\s+-" % (host, re.escape(state)), line) for line in lines), (host, table)
     assert "6 host(s), 2 agent(s)" in table
+    # The watchers of each host that answered, under the table: what would otherwise fail silently.
+    assert any(re.match(r"web1: heartbeat: last run \d+d ago \(0\.31s\)$", line) for line in lines), table
+    assert "web1: metrics: SKIPPED: /var/lib/prometheus/node-exporter does not exist" in lines, table
+    assert any(line.startswith("web1: dead man's switch (host) healthchecks hc-ping.com: FAILING: fail ping ")
+               and line.endswith("HTTP 503 (4 failure(s) in a row; last success never)") for line in lines), table
+    assert "web1: dead-letter alerts: 2 (given up on; see the alert spool's dead-letter folder)" in lines, table
+    assert not [line for line in lines if re.match(r"(empty|fail|garbage|noexec|bare): ", line)], table
     text = report.read_text()
     assert text.startswith("<!-- Managed by Ansible (agentops.fleet status.yml)")
     assert "| web1 | mail\\|bot | active/running | 3 | 2h | AUTH_EXPIRED | 2026-03-02 | 1 critical:silent |" in text
     assert "| bare | - | not provisioned | - | - | - | - | - |" in text
+    assert "## Watchers" in text and "- web1: metrics: SKIPPED: /var/lib/prometheus/node-exporter does not exist" in text
 
 
 def test_html_and_text_reports_in_check_mode(fleet):
@@ -90,13 +105,15 @@ def test_html_and_text_reports_in_check_mode(fleet):
     assert set(recap(output).values()) == {0}
     page = html.read_text()
     assert page.startswith("<!DOCTYPE html>") and page.count("<tr>") == 8
+    assert "<h2>Watchers</h2>" in page and "<li>web1: metrics: SKIPPED: " in page
     assert "<td>web1</td><td>notes&lt;&amp;&gt;</td><td class=\"bad\">failed/failed</td>" in page
     text = fleet / "fleet.out"
     rc, output = status(fleet, "-e", "agentops_status_report_path=%s" % text, "-e", "agentops_status_report_format=text")
     assert rc == 0, output[-3000:]
     lines = text.read_text().split("\n")
     assert lines[0].startswith("agentops fleet status, ") and lines[1] == ""
-    assert lines[2].split()[:3] == ["HOST", "AGENT", "STATE"] and lines[-2] == "6 host(s), 2 agent(s)"
+    assert lines[2].split()[:3] == ["HOST", "AGENT", "STATE"] and "6 host(s), 2 agent(s)" in lines
+    assert lines[-2] == "web1: dead-letter alerts: 2 (given up on; see the alert spool's dead-letter folder)"
 
 
 def test_unknown_report_format_is_refused(fleet):

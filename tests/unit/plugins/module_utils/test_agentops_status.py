@@ -103,3 +103,22 @@ def test_host_table():
         "dead-letter alerts: 0", ""]
     assert fmt.host_table([]).split("\n")[1] == "(no agents configured)"
     assert "dead-letter alerts: 2 (given up on" in fmt.host_table([], None, 2)
+
+
+def test_fleet_notes_of_host():
+    watch = {"last_run": 100.0, "duration": None, "metrics": {"status": "off", "detail": "no directory set"},
+             "deadman": [], "settings_error": None}
+    rows = [{"agent": "a", "watcher": watch, "dead_letter": 0, "deadman": []},
+            {"agent": "b", "watcher": watch, "dead_letter": 0, "deadman": [
+                {"target": "http example.com", "ok": True, "last_kind": "success", "detail": "HTTP 200",
+                 "last_attempt_at": 160.0}]}]
+    notes = fmt.fleet_notes_of_host("h1", {"rc": 0, "stdout": json.dumps(rows)}, now=220.0)
+    assert notes == ["h1: heartbeat: last run 2m ago", "h1: metrics: off (no directory set)",
+                     "h1: dead man's switch (agent b) http example.com: ok (success HTTP 200, 60s ago)"]
+    rows[0]["dead_letter"] = 3
+    assert fmt.fleet_notes_of_host("h1", {"rc": 0, "stdout": json.dumps(rows)}, now=220.0)[-1] == \
+        "h1: dead-letter alerts: 3 (given up on; see the alert spool's dead-letter folder)"
+    # Nothing to say for a host that failed, printed garbage or has no agents: its row says so.
+    for cmd in ({"rc": 1, "stdout": json.dumps(rows)}, {"rc": 0, "stdout": "nope"}, {"rc": 0, "stdout": "[]"},
+                {"rc": 0, "stdout": '[1]'}, {}, None):
+        assert fmt.fleet_notes_of_host("h1", cmd) == []
