@@ -1,8 +1,7 @@
 """Fixtures shared by the testinfra suites of every Molecule scenario."""
-import time
-
 import pytest
 from agentops_playbook import ansible_playbook
+from agentops_testlib import wait_for
 
 
 class PlaybookResult:
@@ -43,19 +42,6 @@ def run_playbook():
         name = host if isinstance(host, str) else host.backend.host
         return _run(name, playbook, **kwargs)
     return runner
-
-
-def wait_for(predicate, timeout, interval=0.5, message="condition"):
-    """Poll predicate() until it returns a truthy value or timeout seconds pass; return the value."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while True:
-        last = predicate()
-        if last:
-            return last
-        if time.monotonic() >= deadline:
-            raise AssertionError("timed out after %ss waiting for %s (last value: %r)" % (timeout, message, last))
-        time.sleep(interval)
 
 
 @pytest.fixture(name="wait_for")

@@ -3,27 +3,15 @@ import json
 import os
 import time
 
+import agentops_testlib
+
 TELEGRAM, WEBHOOK, AUTH = 18081, 18082, 18083
 CANARY = "CANARY-alerts-bot-token-must-not-leak"
 FIGURES = os.environ.get("AGENTOPS_ALERTS_FIGURES", "/tmp/agentops-alerts-figures.jsonl")
 
 
-def now(host):
-    """The container's clock (the receivers stamp requests with it)."""
-    return float(host.check_output("date +%s.%N"))
-
-
-def records(host, port, since=0.0):
-    log = host.file("/var/log/agentops-fake-endpoint/%d.jsonl" % port)
-    if not log.exists:
-        return []
-    found = []
-    for line in log.content_string.splitlines():
-        if line.strip():
-            record = json.loads(line)
-            if record["time"] >= since:
-                found.append(record)
-    return found
+now = agentops_testlib.now
+records = agentops_testlib.endpoint_records
 
 
 def webhook(host, since=0.0, key=None, severity=None):

@@ -6,6 +6,8 @@ import json
 import os
 import time
 
+import agentops_testlib
+
 SLACK, DISCORD, NTFY, PAGERDUTY, WEBHOOK = 18091, 18092, 18093, 18094, 18095
 SMTP_STARTTLS, SMTP_TLS = 2587, 2465
 CANARIES = ("CANARY-channels-slack-url-must-not-leak", "CANARY-channels-discord-url-must-not-leak",
@@ -15,25 +17,8 @@ FIGURES = os.environ.get("AGENTOPS_CHANNELS_FIGURES", "/tmp/agentops-channels-fi
 CHANNELS = ("slack", "discord", "ntfy", "pagerduty", "email_starttls", "email_tls", "webhook")
 
 
-def now(host):
-    return float(host.check_output("date +%s.%N"))
-
-
-def _jsonl(host, path, since):
-    log = host.file(path)
-    if not log.exists:
-        return []
-    found = []
-    for line in log.content_string.splitlines():
-        if line.strip():
-            record = json.loads(line)
-            if record["time"] >= since:
-                found.append(record)
-    return found
-
-
-def records(host, port, since=0.0):
-    return _jsonl(host, "/var/log/agentops-fake-endpoint/%d.jsonl" % port, since)
+now = agentops_testlib.now
+records = agentops_testlib.endpoint_records
 
 
 def _has_key(text, key):
@@ -79,7 +64,7 @@ def received(host, channel, since, key, severity):
                 found.append((record["time"], record.get("verdict") or "ok", record))
         return found
     port = SMTP_STARTTLS if channel == "email_starttls" else SMTP_TLS
-    for record in _jsonl(host, "/var/log/agentops-smtp-sink.jsonl", since):
+    for record in agentops_testlib.jsonl_records(host, "/var/log/agentops-smtp-sink.jsonl", since):
         if record["port"] != port:
             continue
         mail = email.message_from_string(record["data"], policy=email.policy.default)

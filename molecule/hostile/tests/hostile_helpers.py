@@ -10,6 +10,7 @@ import shlex
 import subprocess
 import time
 
+import agentops_testlib
 import testinfra
 import yaml
 from agentops_playbook import ansible_playbook
@@ -88,17 +89,7 @@ def read_report(path):
 
 
 # --------------------------------------------------------------------------- commands
-def wait_for(predicate, timeout, interval=0.5, message="condition"):
-    """Poll predicate() until it returns a truthy value (returned) or fail after `timeout` seconds.
-    The same as the wait_for fixture of molecule/conftest.py, for module-scoped fixtures."""
-    deadline = time.monotonic() + timeout
-    while True:
-        last = predicate()
-        if last:
-            return last
-        if time.monotonic() >= deadline:
-            raise AssertionError("timed out after %ss waiting for %s (last value: %r)" % (timeout, message, last))
-        time.sleep(interval)
+wait_for = agentops_testlib.wait_for
 
 
 def sh(host, command, ok=True):
@@ -123,9 +114,7 @@ def timed(host, command, deadline):
     return result, now(host) - start
 
 
-def now(host):
-    """The container's clock (the receivers stamp requests with it)."""
-    return float(host.check_output("date +%s.%N"))
+now = agentops_testlib.now
 
 
 def py_minor(host):
@@ -156,15 +145,7 @@ def set_api(host, status=None, tokens=None):
     write(host, API_RULES, json.dumps(rules))
 
 
-def records(host, port, since=0.0):
-    result = host.run("cat /var/log/agentops-fake-endpoint/%d.jsonl 2>/dev/null" % port)
-    found = []
-    for line in result.stdout.splitlines():
-        if line.strip():
-            record = json.loads(line)
-            if record["time"] >= since:
-                found.append(record)
-    return found
+records = agentops_testlib.endpoint_records
 
 
 def webhook(host, since=0.0, key=None, severity=None):

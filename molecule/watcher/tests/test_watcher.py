@@ -11,6 +11,7 @@ import os
 import time
 import urllib.parse
 
+import agentops_testlib
 import testinfra.utils.ansible_runner
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -29,23 +30,13 @@ HC_HUNG = "/hc-agent-hung-" + CANARY
 STATE = "/var/lib/agentops/.heartbeat/deadman.json"
 
 
-def now(host):
-    return float(host.check_output("date +%s.%N"))
+now = agentops_testlib.now
 
 
 def pings(host, since=0.0):
     """[(time, path, query dict, status, verdict)] the ping receiver logged since ``since``."""
-    log = host.file("/var/log/agentops-fake-endpoint/%d.jsonl" % PINGS)
-    if not log.exists:
-        return []
-    out = []
-    for line in log.content_string.splitlines():
-        if line.strip():
-            rec = json.loads(line)
-            if rec["time"] >= since:
-                out.append((rec["time"], rec["path"], dict(urllib.parse.parse_qsl(rec["query"], keep_blank_values=True)),
-                            rec["status"], rec["verdict"]))
-    return out
+    return [(rec["time"], rec["path"], dict(urllib.parse.parse_qsl(rec["query"], keep_blank_values=True)),
+             rec["status"], rec["verdict"]) for rec in agentops_testlib.endpoint_records(host, PINGS, since)]
 
 
 def seen(host, since, path, **query):
