@@ -728,6 +728,7 @@ AGENT_KEYS = (
     "restart_sec", "timeout_stop_sec", "start_limit_interval_sec", "start_limit_burst",
     "memory_max", "cpu_quota", "tasks_max", "share_user",
     "restart_steps", "restart_max_delay_sec", "runtime_max", "memory_high", "oom_score_adjust",
+    "schedule", "schedule_grace",
 )
 # Optional per-agent systemd settings without a role default: directive and the first systemd version
 # that knows it (an older host gets a comment in the unit instead).
@@ -994,6 +995,7 @@ def _check_agent(errors, agent, index, names):
         if problem:
             errors.add("%s.%s" % (where, key), problem)
     _check_unit_knobs(errors, where, agent)
+    _check_schedule(errors, where, agent)
 
 
 def _check_unit_knobs(errors, where, agent):
@@ -1021,6 +1023,151 @@ def _check_unit_knobs(errors, where, agent):
         errors.add(where + ".oom_score_adjust", "%r must be a whole number from -1000 to 1000" % (score,))
 
 
+# --------------------------------------------------------------------------- schedule (OnCalendar)
+# A syntax check of systemd calendar expressions (systemd.time(7)) on the controller: it catches the
+# common mistakes (a cron expression, fields out of range, unknown weekdays, stray words) and stays
+# lenient where systemd is richer; the agents role runs `systemd-analyze calendar` on the host too.
+CALENDAR_SHORTHANDS = ("minutely", "hourly", "daily", "weekly", "monthly", "yearly", "annually", "quarterly",
+                       "semiannually")
+CALENDAR_WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun", "monday", "tuesday", "wednesday",
+                     "thursday", "friday", "saturday", "sunday")
+CALENDAR_MAX_LENGTH = 256
+_CRON_FIELD_RE = re.compile(r"^[0-9*/,?LW#-]+\Z")
+_CALENDAR_NUMBER_RE = re.compile(r"^[0-9]+\Z")
+_CALENDAR_SECOND_RE = re.compile(r"^[0-9]+(?:\.[0-9]{1,6})?\Z")
+_CALENDAR_TZ_RE = re.compile(r"^(?:[A-Za-z][A-Za-z0-9_+-]*(?:/[A-Za-z0-9_+-]+)*)\Z")
+
+
+def _calendar_component(text, what, low, high, second=False):
+    """Why one date or time component ("*", "3", "0/15", "1..5", "1,15", "1..5/2") is wrong; None when it is fine."""
+    number = _CALENDAR_SECOND_RE if second else _CALENDAR_NUMBER_RE
+    for item in text.split(","):
+        base, sep, step = item.partition("/")
+        if sep and not (_CALENDAR_SECOND_RE.match(step) if second else _CALENDAR_NUMBER_RE.match(step)):
+            return "%r: the repetition after '/' in the %s must be a number" % (text, what)
+        if sep and float(step) <= 0:
+            return "%r: the repetition after '/' in the %s must be more than 0" % (text, what)
+        if base == "*":
+            continue
+        bounds = base.split("..")
+        if len(bounds) > 2 or not all(number.match(b) for b in bounds):
+            return "%r is not a valid %s (a number, '*', a range a..b, a list a,b or a repetition a/n)" % (text, what)
+        for bound in bounds:
+            if not low <= float(bound) <= high:
+                return "%r: the %s %s is out of range (%d to %d)" % (text, what, bound, low, high)
+    return None
+
+
+def _calendar_date(token):
+    parts = token.split("-")
+    if len(parts) == 2:
+        parts = ["*"] + parts
+    if len(parts) != 3:
+        return "%r is not a date (YYYY-MM-DD or MM-DD, each part a number, '*', a range or a list)" % token
+    year, month, day = parts
+    if "~" in day:
+        return None if re.match(r"^[0-9*,./]*~[0-9*,./]+\Z", day) else "%r is not a valid last-day form (MM~DD)" % token
+    return (_calendar_component(year, "year", 0, 2199) or _calendar_component(month, "month", 1, 12)
+            or _calendar_component(day, "day of the month", 1, 31))
+
+
+def _calendar_time(token):
+    parts = token.split(":")
+    if len(parts) not in (2, 3):
+        return "%r is not a time (HH:MM or HH:MM:SS)" % token
+    problem = _calendar_component(parts[0], "hour", 0, 23) or _calendar_component(parts[1], "minute", 0, 59)
+    if problem is None and len(parts) == 3:
+        problem = _calendar_component(parts[2], "second", 0, 59.999999, second=True)
+    return problem
+
+
+def _calendar_weekdays(token):
+    for item in token.split(","):
+        for day in item.split(".."):
+            if day.lower() not in CALENDAR_WEEKDAYS:
+                return "%r is not a weekday (Mon..Sun, e.g. Mon..Fri or Sat,Sun)" % day
+        if item.count("..") > 1:
+            return "%r is not a weekday range" % item
+    return None
+
+
+def calendar_problem(value):
+    """Why ``value`` is not a systemd calendar expression (OnCalendar=); None when it looks like one.
+
+    Accepted: the shorthands (``daily``, ``hourly``, ...), ``@<epoch>``, and
+    ``[weekdays] [date] [time] [timezone]`` (``Mon..Fri *-*-* 03:00:00``, ``*-*-* *:0/15:00``,
+    ``2026-12-01 03:00 UTC``). Refused: empty values, control characters, cron expressions
+    (``0 3 * * *``), fields out of range and words in the wrong place.
+    """
+    if not isinstance(value, str) or not value.strip():
+        return "%r must be a non-empty systemd calendar expression (OnCalendar=, e.g. '*-*-* 03:00:00' or 'daily')" % (
+            value,)
+    problem = unit_value_problem(value)
+    if problem:
+        return problem
+    if len(value) > CALENDAR_MAX_LENGTH:
+        return "is longer than %d characters" % CALENDAR_MAX_LENGTH
+    if "%" in value:
+        return "%r contains '%%', which is no part of a calendar expression" % (value,)
+    words = value.split()
+    if len(words) >= 5 and all(_CRON_FIELD_RE.match(w) for w in words) and not any(":" in w for w in words):
+        return ("%r looks like a cron expression; systemd wants OnCalendar syntax 'Weekday YYYY-MM-DD HH:MM:SS' "
+                "(cron '0 3 * * *' is '*-*-* 03:00:00', '*/15 * * * *' is '*:0/15'); see systemd.time(7)" % (value,))
+    if len(words) == 1 and words[0].lower() in CALENDAR_SHORTHANDS:
+        return None
+    if len(words) == 1 and re.match(r"^@[0-9]+\Z", words[0]):
+        return None
+    seen = []
+    for index, word in enumerate(words):
+        if word.lower() in CALENDAR_SHORTHANDS:
+            return "%r: the shorthand %r stands alone (no other words)" % (value, word)
+        if "T" in word and ":" in word and "-" in word.partition("T")[0]:
+            date, _sep, clock = word.partition("T")
+            kinds = [("date", _calendar_date(date)), ("time", _calendar_time(clock))]
+        elif ":" in word:
+            kinds = [("time", _calendar_time(word))]
+        elif "-" in word and re.match(r"^[0-9*~.,/-]+\Z", word):
+            kinds = [("date", _calendar_date(word))]
+        elif re.match(r"^[A-Za-z][A-Za-z.,]*\Z", word) and all(
+                d.lower() in CALENDAR_WEEKDAYS for i in word.split(",") for d in i.split("..") if d):
+            kinds = [("weekday", _calendar_weekdays(word))]
+        elif index == len(words) - 1 and index > 0 and _CALENDAR_TZ_RE.match(word):
+            kinds = [("timezone", None)]
+        elif re.match(r"^[0-9*/,]+\Z", word):
+            return ("%r: %r is neither a date (YYYY-MM-DD) nor a time (HH:MM[:SS]); a cron expression? systemd "
+                    "wants 'Weekday YYYY-MM-DD HH:MM:SS', e.g. '*-*-* 03:00:00'" % (value, word))
+        else:
+            return "%r: %r is not a weekday, a date, a time or a time zone" % (value, word)
+        for kind, problem in kinds:
+            if problem:
+                return "%r: %s" % (value, problem)
+            order = ("weekday", "date", "time", "timezone")
+            if seen and order.index(kind) <= order.index(seen[-1]):
+                return "%r: the %s %r is out of place (order: weekday, date, time, time zone)" % (value, kind, word)
+            seen.append(kind)
+    if seen == ["timezone"]:
+        return "%r is only a time zone" % (value,)
+    return None
+
+
+SCHEDULE_GRACE_DEFAULT = "15min"
+
+
+def _check_schedule(errors, where, agent):
+    """schedule (an OnCalendar expression) and schedule_grace (a time span > 0, only with schedule)."""
+    if "schedule" in agent:
+        problem = calendar_problem(agent["schedule"])
+        if problem:
+            errors.add(where + ".schedule", problem)
+    if "schedule_grace" in agent:
+        if "schedule" not in agent:
+            errors.add(where + ".schedule_grace", "is only used with schedule (a scheduled one-shot agent)")
+        problem = _positive_timespan(agent["schedule_grace"])
+        if problem:
+            errors.add(where + ".schedule_grace", problem + " (how long after its time a run may start before "
+                       "it is reported as missed)")
+
+
 def agent_config_errors(config):
     """Problems of an agent's host configuration (agents.d/<name>.json, written from agents_normalize).
 
@@ -1040,6 +1187,8 @@ def agent_config_errors(config):
         _check_heartbeat(errors, where + ".heartbeat", config["heartbeat"])
     if config.get("token_rotation") is not None:
         _check_rotation(errors, where + ".token_rotation", config["token_rotation"], credentials)
+    if config.get("schedule") is not None:
+        _check_schedule(errors, where, dict((k, config[k]) for k in ("schedule", "schedule_grace") if k in config))
     return errors.items
 
 
@@ -1162,12 +1311,24 @@ def agents_normalize(agents, defaults):
             entry[key] = str(agent.get(key, defaults[key]))
         entry["unit_knobs"] = [{"key": directive, "value": str(agent[key]), "min_version": version, "field": key}
                                for key, directive, version in AGENT_UNIT_KNOBS if key in agent]
+        # A scheduled agent is a one-shot run started by agentops-<name>.timer; systemd ignores
+        # RuntimeMaxSec= for Type=oneshot, so runtime_max bounds the run with TimeoutStartSec= instead.
+        schedule = agent.get("schedule")
+        entry["schedule"] = schedule
+        entry["timer"] = "agentops-%s.timer" % name
+        entry["on_calendar"] = _escape_specifiers(schedule) if schedule else None
+        if schedule:
+            entry["unit_knobs"] = [dict(k, key="TimeoutStartSec", min_version=0) if k["field"] == "runtime_max" else k
+                                   for k in entry["unit_knobs"]]
         entry["config"] = {
             "name": name, "unit": entry["unit"], "user": user, "state_dir": entry["state_dir"],
             "credentials_dir": entry["credentials_dir"], "credentials": creds, "enabled": entry["enabled"],
             "state": entry["state"], "auth_checks": entry["auth_checks"], "heartbeat": heartbeat,
             "token_rotation": entry["token_rotation"],
         }
+        if schedule:
+            entry["config"].update(schedule=schedule, timer=entry["timer"], schedule_grace=timespan_seconds(
+                agent.get("schedule_grace", SCHEDULE_GRACE_DEFAULT)))
         result.append(entry)
     return result
 
