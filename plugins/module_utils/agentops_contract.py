@@ -729,6 +729,7 @@ AGENT_KEYS = (
     "memory_max", "cpu_quota", "tasks_max", "share_user",
     "restart_steps", "restart_max_delay_sec", "runtime_max", "memory_high", "oom_score_adjust",
     "schedule", "schedule_grace",
+    "credentials_env",
 )
 # Optional per-agent systemd settings without a role default: directive and the first systemd version
 # that knows it (an older host gets a comment in the unit instead).
@@ -996,6 +997,7 @@ def _check_agent(errors, agent, index, names):
             errors.add("%s.%s" % (where, key), problem)
     _check_unit_knobs(errors, where, agent)
     _check_schedule(errors, where, agent)
+    _check_credentials_env(errors, where, agent, creds)
 
 
 def _check_unit_knobs(errors, where, agent):
@@ -1150,6 +1152,49 @@ def calendar_problem(value):
     return None
 
 
+def _check_credentials_env(errors, where, agent, creds):
+    """credentials_env: {VARIABLE: credential name}, delivered by ``agentops exec`` at exec time."""
+    if "credentials_env" not in agent:
+        return
+    mapping = agent["credentials_env"]
+    if not isinstance(mapping, dict) or not mapping:
+        errors.add(where + ".credentials_env", "must be a non-empty mapping of environment variable names to "
+                   "credential names (e.g. CLAUDE_CODE_OAUTH_TOKEN: oauth_token)")
+        return
+    env = agent.get("environment") if isinstance(agent.get("environment"), dict) else {}
+    for var, cred in mapping.items():
+        here = "%s.credentials_env.%s" % (where, var)
+        if not (isinstance(var, str) and ENV_KEY_RE.match(var)):
+            errors.add(here, "%r is not a valid environment variable name ([A-Za-z_][A-Za-z0-9_]*)" % (var,))
+        elif LOADER_ENV_RE.match(var):
+            errors.add(here, "is read by the dynamic loader: a credential must not be delivered in it")
+        elif var in CREDENTIALS_ENV_RESERVED:
+            errors.add(here, "is set by systemd or the collection for the agent: choose another variable name")
+        elif var in env:
+            errors.add(here, "is also set in environment: a variable comes from environment or credentials_env, "
+                       "not both")
+        if not isinstance(cred, str) or cred not in creds:
+            errors.add(here, "%r is not one of the agent's credentials (%s)"
+                       % (cred, ", ".join(sorted(k for k in creds if isinstance(k, str))) or "none"))
+
+
+# Variables systemd or the unit set for the agent's process: credentials_env may not replace them.
+CREDENTIALS_ENV_RESERVED = frozenset(("HOME", "USER", "LOGNAME", "SHELL", "PATH", "CREDENTIALS_DIRECTORY",
+                                      "INVOCATION_ID", "JOURNAL_STREAM", "NOTIFY_SOCKET", "MAINPID",
+                                      "SYSTEMD_EXEC_PID", "RUNTIME_DIRECTORY", "STATE_DIRECTORY", "LISTEN_FDS",
+                                      "LISTEN_PID", "LISTEN_FDNAMES"))
+
+
+def credentials_env_exec_start(name, command, mapping):
+    """ExecStart of an agent with credentials_env: the on-host command reads the credentials
+    from $CREDENTIALS_DIRECTORY as the agent user and execs the agent's command (names only, never a value)."""
+    words = [PATHS["bin"], "exec", name]
+    for var in sorted(mapping):
+        words.append("--env=%s=%s" % (var, mapping[var]))
+    words.append("--")
+    return "%s %s" % (" ".join(words), command)
+
+
 SCHEDULE_GRACE_DEFAULT = "15min"
 
 
@@ -1288,7 +1333,10 @@ def agents_normalize(agents, defaults):
             "user": user,
             "description": _escape_specifiers(agent.get("description") or "agentops agent %s" % name),
             "command": agent.get("command"),
-            "exec_start": _escape_specifiers(agent.get("command") or ""),
+            "exec_start": _escape_specifiers(
+                credentials_env_exec_start(name, agent.get("command") or "", agent["credentials_env"])
+                if agent.get("credentials_env") else agent.get("command") or ""),
+            "credentials_env": dict(agent.get("credentials_env") or {}),
             "state_dir": "%s/%s" % (state_root, name),
             "credentials_dir": "%s/credentials/%s" % (config_dir, name),
             "config_file": "%s/agents.d/%s.json" % (config_dir, name),
