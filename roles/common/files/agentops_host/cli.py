@@ -16,7 +16,7 @@ from agentops_lib.agentops_contract import PATHS
 
 # Sub-commands that keep the caller's environment (they run as the agent user and exec the
 # agent itself); every other sub-command runs with the fixed environment below.
-KEEP_ENVIRONMENT = frozenset()
+KEEP_ENVIRONMENT = frozenset(("exec",))
 
 # sub-command name -> module under agentops_host
 SUBCOMMANDS = {
@@ -27,6 +27,8 @@ SUBCOMMANDS = {
     "status": "status",
     "rotate": "rotate",
     "failure": "alert",
+    "recover": "recovery",
+    "exec": "execenv",
 }
 
 
@@ -81,8 +83,8 @@ def main(argv=None):
     """
     if argv is None:
         # Before anything is imported or parsed: fail closed, only a sub-command named in
-        # KEEP_ENVIRONMENT keeps the caller's environment.
-        if not any(arg in KEEP_ENVIRONMENT for arg in sys.argv[1:] if arg in SUBCOMMANDS):
+        # KEEP_ENVIRONMENT, as the very first argument, keeps the caller's environment.
+        if not (len(sys.argv) > 1 and sys.argv[1] in KEEP_ENVIRONMENT):
             reset_environment()
     parser = build_parser()
     args = parser.parse_args(argv)
