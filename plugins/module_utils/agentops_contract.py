@@ -729,6 +729,7 @@ AGENT_KEYS = (
     "memory_max", "cpu_quota", "tasks_max", "share_user",
     "restart_steps", "restart_max_delay_sec", "runtime_max", "memory_high", "oom_score_adjust",
     "schedule", "schedule_grace",
+    "recovery",
     "credentials_env",
 )
 # Optional per-agent systemd settings without a role default: directive and the first systemd version
@@ -997,6 +998,7 @@ def _check_agent(errors, agent, index, names):
             errors.add("%s.%s" % (where, key), problem)
     _check_unit_knobs(errors, where, agent)
     _check_schedule(errors, where, agent)
+    _check_recovery(errors, where, agent)
     _check_credentials_env(errors, where, agent, creds)
 
 
@@ -1213,6 +1215,76 @@ def _check_schedule(errors, where, agent):
                        "it is reported as missed)")
 
 
+# --------------------------------------------------------------------------- recovery
+# What the heartbeat does besides alerting (agentops_host.recovery): restart a hung agent (on_hang: restart)
+# and retry a unit latched at the start limit after start_limit_retry_after, at most max_restarts times per
+# window; then one "giving up" alert and nothing more until the window passes or `agentops recover --reset`.
+RECOVERY_KEYS = ("on_hang", "max_restarts", "window", "start_limit_retry_after")
+RECOVERY_ON_HANG = ("alert", "restart")
+RECOVERY_DEFAULTS = {"on_hang": "alert", "max_restarts": 3, "window": "1h", "start_limit_retry_after": "15min"}
+RECOVERY_MAX_RESTARTS = 1000
+
+
+def recovery_problems(recovery):
+    """(where, text) problems of an agent's ``recovery`` mapping; ``where`` is "" or ``.<key>``."""
+    if not isinstance(recovery, dict):
+        return [("", "must be a mapping with the keys %s" % ", ".join(RECOVERY_KEYS))]
+    problems = []
+    for key in recovery:
+        if key not in RECOVERY_KEYS:
+            shown = key if isinstance(key, str) and not UNSAFE_CHARS_RE.search(key) else "(not shown)"
+            problems.append((".%s" % shown, "unknown key (allowed: %s)" % ", ".join(RECOVERY_KEYS)))
+    on_hang = recovery.get("on_hang", RECOVERY_DEFAULTS["on_hang"])
+    if not isinstance(on_hang, str) or on_hang not in RECOVERY_ON_HANG:
+        problems.append((".on_hang", "%r is not one of %s (alert: only alert on a hang; restart: restart the "
+                                     "agent, within max_restarts per window)" % (on_hang, ", ".join(RECOVERY_ON_HANG))))
+    if "max_restarts" in recovery:
+        value = recovery["max_restarts"]
+        number = _as_int(value)
+        if number is None or not 0 <= number <= RECOVERY_MAX_RESTARTS:
+            problems.append((".max_restarts", "%r must be a whole number from 0 to %d (recovery restarts per window; "
+                                              "0 gives up at once)" % (value, RECOVERY_MAX_RESTARTS)))
+    if "window" in recovery:
+        problem = _positive_timespan(recovery["window"])
+        if problem:
+            problems.append((".window", problem + " (the time span max_restarts is counted over, e.g. 1h)"))
+    if "start_limit_retry_after" in recovery and recovery["start_limit_retry_after"] != "infinity":
+        problem = _positive_timespan(recovery["start_limit_retry_after"])
+        if problem:
+            problems.append((".start_limit_retry_after", problem + " (a time span such as 15min, or infinity: "
+                                                                   "never retry a unit latched at the start limit)"))
+    return problems
+
+
+def _check_recovery(errors, where, agent):
+    if "recovery" not in agent:
+        return
+    recovery = agent["recovery"]
+    for here, text in recovery_problems(recovery):
+        errors.add(where + ".recovery" + here, text)
+    if isinstance(recovery, dict) and recovery.get("on_hang") == "restart" and agent.get("state", "present") == "present":
+        heartbeat = agent.get("heartbeat")
+        if not isinstance(heartbeat, dict):
+            errors.add(where + ".recovery.on_hang", "restart needs a heartbeat: a hang is no progress for "
+                       "heartbeat.max_silence, and this agent sets no heartbeat")
+        elif agent.get("schedule"):
+            errors.add(where + ".recovery.on_hang", "restart is for long-running agents; a scheduled run is bounded "
+                       "by runtime_max instead")
+
+
+def recovery_config(recovery):
+    """The normalised recovery settings for agents.d/<name>.json: None without ``recovery`` (the heartbeat
+    only alerts), else {on_hang, max_restarts, window (seconds), start_limit_retry_after (seconds or "infinity")}."""
+    if recovery is None:
+        return None
+    merged = dict(RECOVERY_DEFAULTS)
+    merged.update(recovery)
+    retry = merged["start_limit_retry_after"]
+    return {"on_hang": merged["on_hang"], "max_restarts": _as_int(merged["max_restarts"]),
+            "window": timespan_seconds(merged["window"]),
+            "start_limit_retry_after": "infinity" if retry == "infinity" else timespan_seconds(retry)}
+
+
 def agent_config_errors(config):
     """Problems of an agent's host configuration (agents.d/<name>.json, written from agents_normalize).
 
@@ -1234,6 +1306,9 @@ def agent_config_errors(config):
         _check_rotation(errors, where + ".token_rotation", config["token_rotation"], credentials)
     if config.get("schedule") is not None:
         _check_schedule(errors, where, dict((k, config[k]) for k in ("schedule", "schedule_grace") if k in config))
+    if config.get("recovery") is not None:
+        for here, text in recovery_problems(config["recovery"]):
+            errors.add(where + ".recovery" + here, text)
     return errors.items
 
 
@@ -1377,6 +1452,7 @@ def agents_normalize(agents, defaults):
         if schedule:
             entry["config"].update(schedule=schedule, timer=entry["timer"], schedule_grace=timespan_seconds(
                 agent.get("schedule_grace", SCHEDULE_GRACE_DEFAULT)))
+        entry["config"]["recovery"] = recovery_config(agent.get("recovery"))
         result.append(entry)
     return result
 

@@ -28,6 +28,7 @@ SUBCOMMANDS = {
     "rotate": "rotate",
     "failure": "alert",
     "recover": "recovery",
+    "recover": "recovery",
     "exec": "execenv",
 }
 

@@ -42,6 +42,7 @@ from agentops_host import check_auth as checkauth
 from agentops_host import config as hostconfig
 from agentops_host import deadman
 from agentops_host import metrics
+from agentops_host import recovery
 from agentops_host import rotate
 from agentops_host import state
 from agentops_host import systemd
@@ -368,6 +369,8 @@ class Checker:
         self.props = {}
         self.journal = None
         self.samples = []
+        # Agents found hung (silent alert raised or kept) in this run: recovery.step may restart them.
+        self.hung = set()
 
     def _emit(self, severity, key, title, body="", agent=None, unit=None):
         if not alert.emit(self.args, severity, key, title, body, agent=agent, unit=unit):
@@ -406,6 +409,8 @@ class Checker:
         self.check_liveness(agent, props, hbstate, now, expected)
         self.check_crashloop(agent, props, hbstate, now, restarts)
         self.check_silence(agent, props, hbstate, now, due)
+        recovery.step(self.args, agent, props, name in self.hung, now, self._emit, self._resolve,
+                      max_silence=seconds(hb.get("max_silence")))
         if due:
             self.check_workstate(agent, props, now, hbstate)
             self.check_auth(agent, hbstate, now)
@@ -471,6 +476,7 @@ class Checker:
         age = now - seen if seen else None
         if age is not None and age > max_silence:
             if in_active_hours(hb.get("active_hours"), now):
+                self.hung.add(name)
                 self._emit("critical", key, "%s shows no progress for %ds (max_silence %ds, progress: %s)"
                            % (name, age, max_silence, hb.get("progress") or "journal"),
                            "The unit is %s/%s but made no progress since %s: alive but hung?"

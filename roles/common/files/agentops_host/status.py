@@ -30,6 +30,7 @@ from agentops_host import alert
 from agentops_host import config as hostconfig
 from agentops_host import deadman
 from agentops_host import heartbeat
+from agentops_host import recovery
 from agentops_host import rotate
 from agentops_host import state as statefiles
 from agentops_host import systemd
@@ -87,6 +88,7 @@ def agent_status(args, agent, now=None):
         "next_rotation": next_rotation,
         "open_alerts": [_open_alert_view(a) for a in alert.open_alerts(args, agent=name)],
         "deadman": deadman.status(args, scope=name),
+        "recovery": recovery.status(args, agent, now),
         "error": error,
     }
 
@@ -110,6 +112,7 @@ def broken_row(args, name, kind, error):
         "next_rotation": None,
         "open_alerts": alerts,
         "deadman": [],
+        "recovery": None,
         "error": alert.scrub(error),
     }
 
@@ -160,7 +163,7 @@ def _cmd_status(args):
     rows = collect(args)
     dead = dead_letter(args)
     watch = watcher(args)
-    notes = agentops_status.watcher_lines(watch, rows, now=time.time())
+    notes = agentops_status.watcher_lines(watch, rows, now=time.time()) + recovery.status_lines(rows)
     fmt = "json" if getattr(args, "json", False) else getattr(args, "format", "table")
     if fmt == "json":
         for row in rows:
