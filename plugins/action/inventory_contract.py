@@ -21,6 +21,7 @@ except ImportError:  # pragma: no cover - older ansible-core templates every str
         return value
 
 from ansible_collections.agentops.fleet.plugins.module_utils import agentops_contract as contract
+from ansible_collections.agentops.fleet.plugins.module_utils import agentops_runtime as runtime
 
 ROLES = ("common", "journald", "alerts", "agents", "heartbeat", "token_rotation", "auth")
 ROLES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "roles")
@@ -87,6 +88,27 @@ class ActionModule(ActionBase):
         passwd = (result.get("ansible_facts") or {}).get("getent_passwd") or {}
         return passwd, {"getent_passwd": passwd}
 
+    def _runtime_errors(self, task_vars, agents):
+        """Strict agents whose command runs a JIT runtime (node, deno, bun, java), recognised on the host by
+        agentops.fleet.agent_runtime (read-only): MemoryDenyWriteExecute=yes would kill them at every start."""
+        hardening = self._value("agentops_agents_hardening", task_vars, self._role_defaults("agents"))
+        strict = dict((agent["name"], agent["command"]) for agent in agents or []
+                      if isinstance(agent, dict) and agent.get("state", "present") == "present"
+                      and agent.get("hardening", hardening) == "strict" and isinstance(agent.get("command"), str))
+        if not strict:
+            return []
+        check_mode = self._task.check_mode
+        self._task.check_mode = False
+        try:
+            result = self._execute_module(module_name="agentops.fleet.agent_runtime",
+                                          module_args={"commands": strict}, task_vars=task_vars)
+        finally:
+            self._task.check_mode = check_mode
+        if result.get("failed"):
+            raise AnsibleError("agentops.fleet.inventory_contract: %s" % result.get("msg"))
+        return [runtime.strict_message("agentops_agents[%s]" % name, found["runtime"], found["how"])
+                for name, found in sorted((result.get("runtimes") or {}).items())]
+
     def run(self, tmp=None, task_vars=None):
         result = super(ActionModule, self).run(tmp, task_vars)
         del tmp
@@ -121,6 +143,7 @@ class ActionModule(ActionBase):
                     passwd, facts = self._users(task_vars)
                     new_facts.update(facts)
                     part_errors = contract.agents_user_errors(values, passwd)
+                    part_errors = part_errors or self._runtime_errors(task_vars, values)
             else:
                 part_errors = contract.role_errors(part, values)
             errors.extend(e for e in part_errors if e not in errors)
