@@ -88,6 +88,42 @@ class ActionModule(ActionBase):
         passwd = (result.get("ansible_facts") or {}).get("getent_passwd") or {}
         return passwd, {"getent_passwd": passwd}
 
+    def _calendar(self, task_vars, expressions):
+        """(rc, stderr) of ``systemd-analyze calendar -- <expressions>`` on the host (argv, no shell; read-only,
+        so it also runs in check mode)."""
+        check_mode = self._task.check_mode
+        self._task.check_mode = False
+        try:
+            result = self._execute_module(module_name="ansible.builtin.command",
+                                          module_args={"argv": ["systemd-analyze", "calendar", "--"] + expressions},
+                                          task_vars=task_vars)
+        finally:
+            self._task.check_mode = check_mode
+        if "rc" not in result:
+            raise AnsibleError("agentops.fleet.inventory_contract: systemd-analyze calendar could not run on the "
+                               "host: %s" % result.get("msg"))
+        return result["rc"], (result.get("stderr") or "").strip()
+
+    def _schedule_errors(self, task_vars, agents):
+        """The schedules systemd on the host refuses (``systemd-analyze calendar``), naming each agent:
+        one call for all schedules, one per schedule only when that call fails."""
+        scheduled = [(index, agent) for index, agent in enumerate(agents or [])
+                     if isinstance(agent, dict) and agent.get("state", "present") == "present" and agent.get("schedule")]
+        if not scheduled:
+            return []
+        rc, _stderr = self._calendar(task_vars, sorted(set(a["schedule"] for _i, a in scheduled)))
+        if rc == 0:
+            return []
+        errors = []
+        for index, agent in scheduled:
+            rc, stderr = self._calendar(task_vars, [agent["schedule"]])
+            if rc != 0:
+                errors.append("agentops_agents[%s].schedule: %r is refused by systemd on %s (systemd-analyze "
+                              "calendar: %s); see systemd.time(7)" % (agent.get("name", index), agent["schedule"],
+                                                                      task_vars.get("inventory_hostname", "the host"),
+                                                                      stderr.splitlines()[-1] if stderr else rc))
+        return errors
+
     def _runtime_errors(self, task_vars, agents):
         """Strict agents whose command runs a JIT runtime (node, deno, bun, java), recognised on the host by
         agentops.fleet.agent_runtime (read-only): MemoryDenyWriteExecute=yes would kill them at every start."""
@@ -142,7 +178,7 @@ class ActionModule(ActionBase):
                                            for a in values or []):
                     passwd, facts = self._users(task_vars)
                     new_facts.update(facts)
-                    part_errors = contract.agents_user_errors(values, passwd)
+                    part_errors = contract.agents_user_errors(values, passwd) or self._schedule_errors(task_vars, values)
                     part_errors = part_errors or self._runtime_errors(task_vars, values)
             else:
                 part_errors = contract.role_errors(part, values)

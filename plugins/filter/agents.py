@@ -93,6 +93,9 @@ def agents_files(agents, role_path, paths, systemd_version=None, profile_directi
                       "content": render_template(templates, "agent.service.j2", agent=agent, agentops_paths=paths,
                                                  agentops_agents_systemd_version=int(systemd_version),
                                                  agentops_agents_profile_directives=profile_directives)})
+        if agent.get("schedule"):
+            units.append({"path": "%s/%s" % (paths["units"], agent["timer"]), "mode": "0644",
+                          "content": render_template(templates, "agent.timer.j2", agent=agent)})
         units.append({"path": agent["config_file"], "mode": "0600", "content": _config_json(agent["config"])})
     return {"users": users, "directories": directories, "files": files + units}
 
@@ -121,15 +124,24 @@ def agents_credential_files(agents, inventory_agents):
     return {"directories": directories, "secret_files": secret_files, "prune": prune}
 
 
-def agents_absent_paths(agents, units_dir):
-    """What is removed of every agent marked absent: unit, drop-ins, enablement link, settings, credentials."""
+def agents_absent_paths(agents, units_dir, unit_state=None):
+    """What is removed of every agent marked absent: unit, drop-ins, enablement link, settings, credentials,
+    and its timer; of a present agent without a schedule, the timer it had (when ``unit_state``, the states
+    read before the run, shows that systemd knows it)."""
     out = []
     for agent in agents or []:
         if agent.get("state") != "absent":
+            known = ((unit_state or {}).get(agent.get("timer")) or {}).get("LoadState") not in (None, "not-found")
+            if not agent.get("schedule") and agent.get("timer") and known:
+                timer = "%s/%s" % (units_dir, agent["timer"])
+                out.extend([timer, "%s/timers.target.wants/%s" % (units_dir, agent["timer"])])
             continue
         unit = "%s/%s" % (units_dir, agent["unit"])
         out.extend([unit, unit + ".d", "%s/multi-user.target.wants/%s" % (units_dir, agent["unit"]),
                     agent["config_file"], agent["credentials_dir"]])
+        if agent.get("timer"):
+            timer = "%s/%s" % (units_dir, agent["timer"])
+            out.extend([timer, "%s/timers.target.wants/%s" % (units_dir, agent["timer"])])
     return out
 
 
@@ -145,24 +157,36 @@ def systemd_state(text):
 def agents_unit_actions(agents, unit_state):
     """The systemctl work of a run, from the unit states read before it (one list per command).
 
-    reset_failed: wanted agents (present, enabled) whose unit failed; start: wanted agents not both
-    enabled and running; disable: present agents with ``enabled: false`` whose unit is enabled;
-    stop: absent agents whose unit systemd still knows.
+    reset_failed: wanted agents (present, enabled, not scheduled) whose unit failed; start: wanted agents
+    (the timer of a scheduled one) not both enabled and running; disable: present agents with ``enabled: false``
+    whose unit (timer) is enabled, and the service of a scheduled agent that is enabled itself (only its timer
+    is); stop: absent agents' units and timers that systemd still knows, and the timer of a present agent
+    that no longer has a schedule. ``unit_state`` holds the services and the timers.
     """
     unit_state = unit_state or {}
 
     def prop(unit, key):
         return (unit_state.get(unit) or {}).get(key)
 
+    def known(unit):
+        return unit in unit_state and prop(unit, "LoadState") != "not-found"
+
     present = _present(agents)
-    wanted = [a["unit"] for a in present if a.get("enabled", True)]
+    # A scheduled agent is started by its timer: the timer is what is enabled and running; the service's
+    # failed state is the result of its last run (kept for the heartbeat and status, the next run clears it).
+    wanted = [a["timer"] if a.get("schedule") else a["unit"] for a in present if a.get("enabled", True)]
+    services = [a["unit"] for a in present if a.get("enabled", True) and not a.get("schedule")]
+    stale_timers = [a["timer"] for a in present if not a.get("schedule") and a.get("timer") and known(a["timer"])]
     return {
-        "reset_failed": [u for u in wanted if prop(u, "ActiveState") == "failed"],
+        "reset_failed": [u for u in services if prop(u, "ActiveState") == "failed"],
         "start": [u for u in wanted if not (prop(u, "UnitFileState") == "enabled"
                                             and prop(u, "ActiveState") in ACTIVE_STATES)],
-        "disable": [a["unit"] for a in present if not a.get("enabled", True) and prop(a["unit"], "UnitFileState") == "enabled"],
-        "stop": [a["unit"] for a in agents or [] if a.get("state") == "absent"
-                 and a["unit"] in unit_state and prop(a["unit"], "LoadState") != "not-found"],
+        "disable": [a["timer"] if a.get("schedule") else a["unit"] for a in present if not a.get("enabled", True)
+                    and prop(a["timer"] if a.get("schedule") else a["unit"], "UnitFileState") == "enabled"]
+        + [a["unit"] for a in present if a.get("schedule") and prop(a["unit"], "UnitFileState") == "enabled"],
+        "stop": [a["unit"] for a in agents or [] if a.get("state") == "absent" and known(a["unit"])]
+        + [a["timer"] for a in agents or [] if a.get("state") == "absent" and a.get("timer") and known(a["timer"])]
+        + stale_timers,
     }
 
 

@@ -44,6 +44,7 @@ from agentops_host import deadman
 from agentops_host import metrics
 from agentops_host import recovery
 from agentops_host import rotate
+from agentops_host import schedule
 from agentops_host import state
 from agentops_host import systemd
 from agentops_lib import agentops_auth
@@ -229,6 +230,8 @@ def last_progress(agent, props, hbstate, now=None, run_command=False, journal=No
     started = None
     if props.get("ActiveState") == "active":
         started = systemd.monotonic_to_epoch(props.get("ActiveEnterTimestampMonotonic"))
+    elif props.get("ActiveState") == "activating" and schedule.is_scheduled(agent):  # a scheduled run's start
+        started = systemd.monotonic_to_epoch(props.get("InactiveExitTimestampMonotonic"))
     candidates = [t for t in (seen, started) if t]
     return max(candidates) if candidates else None
 
@@ -411,6 +414,8 @@ class Checker:
         self.check_silence(agent, props, hbstate, now, due)
         recovery.step(self.args, agent, props, name in self.hung, now, self._emit, self._resolve,
                       max_silence=seconds(hb.get("max_silence")))
+        if schedule.is_scheduled(agent):
+            schedule.check(self, agent, props, hbstate, now, expected)
         if due:
             self.check_workstate(agent, props, now, hbstate)
             self.check_auth(agent, hbstate, now)
@@ -427,6 +432,8 @@ class Checker:
         name, unit = agent["name"], agent["unit"]
         active, sub = props.get("ActiveState", "unknown"), props.get("SubState", "unknown")
         key = alert.down_key(name, unit)
+        if schedule.is_scheduled(agent) and schedule.liveness(self, agent, props, expected):
+            return
         if active == "failed":
             # The same message as `agentops failure` (OnFailure=): whichever runs first sends it.
             _final, title, body = alert.failure_report(unit, props)
@@ -464,7 +471,7 @@ class Checker:
         hb = agent.get("heartbeat") or {}
         key = "%s/silent" % name
         max_silence = seconds(hb.get("max_silence"))
-        if props.get("ActiveState") != "active" or not max_silence:
+        if not schedule.running(agent, props) or not max_silence:
             hbstate["last_progress"] = None
             if max_silence and self._is_open(key):
                 self._resolve(key, title="%s is no longer running: silence check suspended" % unit,
@@ -666,7 +673,7 @@ def run(args):
                     agents.append(agent)
                     hbstates[name] = load_state(args, name)
             checker.open_keys = set(a.get("key") for a in alert.open_alerts(args))
-            checker.props = show_all([a["unit"] for a in agents])
+            checker.props = show_all([a["unit"] for a in agents] + schedule.timer_units(agents))
             last = previous.get("started")
             checker.journal = Journal(last if isinstance(last, (int, float)) and not args.agent else None, now)
             checker.journal.plan(agents, hbstates)

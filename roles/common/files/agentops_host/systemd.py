@@ -8,6 +8,8 @@ SHOW_PROPERTIES = (
     "ActiveEnterTimestamp", "ActiveEnterTimestampMonotonic", "InactiveEnterTimestamp",
     "StateChangeTimestamp", "ExecMainStartTimestamp", "ExecMainStatus", "ExecMainCode",
     "RestartUSec", "UnitFileState",
+    # scheduled agents: the start of a run in progress (activating), and their timers
+    "InactiveExitTimestampMonotonic", "LastTriggerUSec", "NextElapseUSecRealtime",
 )
 
 SYSTEMCTL = "systemctl"

@@ -159,7 +159,8 @@ def test_agents_absent_paths():
     assert filters.agents_absent_paths(effective, "/etc/systemd/system") == [
         "/etc/systemd/system/agentops-gone.service", "/etc/systemd/system/agentops-gone.service.d",
         "/etc/systemd/system/multi-user.target.wants/agentops-gone.service",
-        "/etc/agentops/agents.d/gone.json", "/etc/agentops/credentials/gone"]
+        "/etc/agentops/agents.d/gone.json", "/etc/agentops/credentials/gone",
+        "/etc/systemd/system/agentops-gone.timer", "/etc/systemd/system/timers.target.wants/agentops-gone.timer"]
     assert filters.agents_absent_paths(effective[:1], "/etc/systemd/system") == []
 
 
