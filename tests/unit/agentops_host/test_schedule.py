@@ -170,3 +170,26 @@ def test_disabled_timer_alerts_missed_once_and_a_run_resolves_it(tmp_path, recor
     assert [(b["key"], b["severity"]) for b in recorder.bodies()][1:] == [("skipped/missed", "resolved")]
     saved = json.load(open(heartbeat.state_path(args, "skipped")))
     assert "missed_since" not in saved["schedule"]
+
+
+def test_status_shows_last_run_result_and_next_run(tmp_path, recorder, units, capsys):
+    from agentops_host import status  # pylint: disable=import-outside-toplevel
+    args = make_args(tmp_path)
+    write_config(args, [webhook_channel(recorder)])
+    agent = add_scheduled(args, "report")
+    now = time.time()
+    units(agent["unit"], active="failed", sub="failed", result="timeout")
+    write_timer(tmp_path, "report", last=now - 5, following=now + 15)
+    assert run_heartbeat(args) == 0
+    args.json = True
+    assert status._cmd_status(args) == 0  # pylint: disable=protected-access
+    row = json.loads(capsys.readouterr().out)[0]
+    item = row["schedule"]
+    assert item["expression"] == "*-*-* *:*:0/20" and item["result"] == "timeout"
+    assert item["timer"] == "agentops-report.timer" and item["timer_state"] == "active/enabled"
+    assert item["last_run"] == time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(now - 5)))
+    assert item["next_run"] == time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(now + 15)))
+    args.json = False
+    assert status._cmd_status(args) == 0  # pylint: disable=protected-access
+    text = capsys.readouterr().out
+    assert "Scheduled agents:\n  report: schedule *-*-* *:*:0/20, last run " in text and "(timeout)" in text

@@ -10,7 +10,9 @@ auth check results or null: the heartbeat's, else those `agentops check-auth` re
 last start), next_rotation (from ``agentops_host.rotate.next_due`` when installed, else null),
 open_alerts (key, severity, title, since), deadman (the agent's dead man's switch targets: scope,
 target as "<type> <host>", ok, detail, error, last_kind, last_attempt_at, last_ok_at, failures),
-error (null, or why the agent is broken), dead_letter (the host's number of alert messages given
+error (null, or why the agent is broken), schedule (null, or for a scheduled agent: expression,
+timer, timer_state, last_run, result, next_run, grace_seconds; the text table is followed by one line
+each), dead_letter (the host's number of alert messages given
 up on, from ``alert.dead_letter_count`` when the alert module provides it, else null) and watcher
 (the heartbeat's last run, its metrics file status and the host's dead man's switch targets);
 dead_letter and watcher are the same in every row.
@@ -32,6 +34,7 @@ from agentops_host import deadman
 from agentops_host import heartbeat
 from agentops_host import recovery
 from agentops_host import rotate
+from agentops_host import schedule
 from agentops_host import state as statefiles
 from agentops_host import systemd
 
@@ -75,6 +78,9 @@ def agent_status(args, agent, now=None):
     except Exception as exc:  # pylint: disable=broad-except
         next_rotation = "error: %s" % alert.scrub(exc)
     uptime = systemd.uptime_seconds(props)
+    scheduled = None
+    if schedule.is_scheduled(agent):
+        scheduled = schedule.view(agent, props, systemd.show(schedule.timer_unit(agent)), hbstate)
     return {
         "agent": name,
         "unit": agent["unit"],
@@ -90,6 +96,7 @@ def agent_status(args, agent, now=None):
         "deadman": deadman.status(args, scope=name),
         "recovery": recovery.status(args, agent, now),
         "error": error,
+        "schedule": scheduled,
     }
 
 
@@ -114,6 +121,7 @@ def broken_row(args, name, kind, error):
         "deadman": [],
         "recovery": None,
         "error": alert.scrub(error),
+        "schedule": None,
     }
 
 
@@ -177,6 +185,9 @@ def _cmd_status(args):
         return 0
     host_alerts = [a for a in alert.open_alerts(args) if not a.get("agent")]
     sys.stdout.write(agentops_status.host_table(rows, host_alerts, dead, notes=notes))
+    lines = [schedule.status_line(row) for row in rows if row.get("schedule")]
+    if lines:
+        sys.stdout.write("\nScheduled agents:\n" + "".join("  %s\n" % line for line in lines))
     return 0
 
 
