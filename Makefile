@@ -19,7 +19,7 @@ export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help setup venv host images collection docs lint unit property molecule test bench demo demo-clean clean
+.PHONY: help setup venv host images collection docs lint unit property molecule test test-matrix bench demo demo-clean clean
 
 help: ## show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -58,6 +58,9 @@ molecule: setup ## every Molecule scenario on both images (SCENARIO=name for one
 
 test: setup lint unit property molecule ## THE test command: setup, lint, unit and property tests, all Molecule scenarios
 	@echo "make test: all checks passed"
+
+test-matrix: collection images ## sanity + unit tests per ansible-core release (2.17-2.21, own venvs), Molecule default under 2.17 and 2.21
+	@scripts/test-matrix.sh
 
 # The heartbeat CPU is compared with the last commit before one systemctl show / one journal read per run.
 BENCH_HEARTBEAT_BEFORE ?= c39a6f7

@@ -18,8 +18,8 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
 # release -> controller Python it runs on (ansible-core 2.20 and newer need Python >= 3.12).
-declare -A PYTHON_OF=([2.17]=3.11 [2.18]=3.11 [2.19]=3.11 [2.21]=3.12)
-RELEASES="2.17 2.18 2.19 2.21"
+declare -A PYTHON_OF=([2.17]=3.11 [2.18]=3.11 [2.19]=3.11 [2.20]=3.12 [2.21]=3.12)
+RELEASES="2.17 2.18 2.19 2.20 2.21"
 # The Molecule part runs under the floor and the newest release only.
 MOLECULE_RELEASES="2.17 2.21"
 # Top-level packages of each venv (versions come from the constraints file).
