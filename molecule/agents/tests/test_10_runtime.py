@@ -66,7 +66,9 @@ def test_directives_follow_the_systemd_version(host):
     version = systemd_version(host)
     text = unit_text(host, "alpha")
     assert ("MemoryKSM=no" in text) == (version >= 254), version
-    assert "ProtectProc=invisible" in text and "PrivateIPC=yes" in text
+    assert "ProtectProc=invisible" in text  # systemd 247, the floor
+    # PrivateIPC= is systemd 248: Debian 11's 247 would warn "Unknown key" and ignore it
+    assert ("PrivateIPC=yes" in text) == (version >= 248), version
     assert "# Sandbox: profile standard (systemd %d)" % version in text
 
 
@@ -132,8 +134,9 @@ def test_sandbox_exposure_while_the_agent_talks_to_loopback(host):
         assert prop(host, unit, "ActiveState") == "active"
         level = _exposure(host, unit)
         assert level <= 1.5, (unit, level)
-        # --threshold counts tenths: 15 means 1.5
-        assert host.run("systemd-analyze security --threshold=15 --no-pager %s", unit).rc == 0
+        if systemd_version(host) >= 250:
+            # --threshold (tenths: 15 means 1.5) is systemd 250; Debian 11's 247 has only the score above
+            assert host.run("systemd-analyze security --threshold=15 --no-pager %s", unit).rc == 0
     assert prop(host, "agentops-net.service", "ActiveState") == "active"
 
 
