@@ -59,7 +59,7 @@ molecule: setup ## every Molecule scenario on both images (SCENARIO=name for one
 test: setup lint unit property molecule ## THE test command: setup, lint, unit and property tests, all Molecule scenarios
 	@echo "make test: all checks passed"
 
-test-matrix: collection images ## sanity + unit tests per ansible-core release (2.17-2.21, own venvs), Molecule default under 2.17 and 2.21
+test-matrix: collection images ## sanity + unit tests per ansible-core release (2.19-2.21, own venvs), Molecule default under 2.19 and 2.21
 	@scripts/test-matrix.sh
 
 # The heartbeat CPU is compared with the last commit before one systemctl show / one journal read per run.
