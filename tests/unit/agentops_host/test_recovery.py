@@ -224,9 +224,18 @@ def test_a_unit_latched_at_the_start_limit_is_retried_after_the_cool_down(tmp_pa
     assert recovery.step(args, agent, latched, False, t0 + 30, alerts.emit, alerts.resolve).action is None
     assert recovery.step(args, agent, latched, False, t0 + 50, alerts.emit, alerts.resolve).action == \
         "start-limit-retry"
-    # a failed unit that is not at the start limit is left to Restart=
+    # a failed unit that was never restarted is left alone
     assert recovery.step(args, agent, dict(latched, Result="exit-code"), False, t0 + 500, alerts.emit,
                          alerts.resolve).action is None
+
+
+def test_restart_gave_up_is_latched_too():
+    """systemd 252 and 257 keep Result=exit-code when Restart= runs into the start limit."""
+    assert recovery.is_latched({"ActiveState": "failed", "Result": "exit-code", "NRestarts": "3"})
+    assert recovery.is_latched({"ActiveState": "failed", "Result": "start-limit-hit", "NRestarts": "0"})
+    assert not recovery.is_latched({"ActiveState": "failed", "Result": "exit-code", "NRestarts": "0"})
+    assert not recovery.is_latched({"ActiveState": "activating", "Result": "exit-code", "NRestarts": "3"})
+    assert not recovery.is_latched({"ActiveState": "active", "Result": "start-limit-hit", "NRestarts": "3"})
 
 
 def test_infinity_never_retries_a_latched_unit(tmp_path, units):

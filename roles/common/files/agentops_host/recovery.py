@@ -6,9 +6,9 @@ heartbeat only alerts and nothing here acts):
 * ``on_hang: restart``: an agent the heartbeat finds hung (no progress for ``max_silence`` inside its
   active hours) is restarted with ``systemctl restart --no-block agentops-<name>.service`` (SIGTERM to
   the whole control group; WORKSTATE.md is not touched, so the next session resumes from it);
-* ``start_limit_retry_after`` (seconds or ``"infinity"``): a unit latched at its start limit
-  (``failed``/``Result=start-limit-hit``) is ``systemctl reset-failed`` and ``start --no-block`` once it
-  has been latched that long (measured from the first heartbeat run that saw it latched);
+* ``start_limit_retry_after`` (seconds or ``"infinity"``): a unit latched at its start limit (``failed``
+  after ``Restart=`` gave up, see ``is_latched``) is ``systemctl reset-failed`` and ``start --no-block``
+  once it has been latched that long (measured from the first heartbeat run that saw it latched);
 * ``max_restarts`` per ``window`` (seconds): every such action counts; with the budget spent the next
   action that would be due raises ONE critical ``<agent>/giving-up`` alert and nothing is done until the
   window has passed (the breaker re-arms by itself and resolves that alert) or an operator runs
@@ -168,7 +168,13 @@ def unit_of(name):
 
 
 def is_latched(props):
-    return props.get("ActiveState") == "failed" and props.get("Result") == "start-limit-hit"
+    """The unit sits in ``failed`` and systemd no longer restarts it: its start limit was hit, either by a
+    manual start (``Result=start-limit-hit``) or by ``Restart=`` itself (systemd 252 and 257 keep the last
+    run's ``Result``, e.g. ``exit-code``, and log "Start request repeated too quickly"): failed after
+    ``NRestarts`` > 0. A unit that failed without any restart is left alone."""
+    if props.get("ActiveState") != "failed":
+        return False
+    return props.get("Result") == "start-limit-hit" or systemd.as_int(props.get("NRestarts"), 0) > 0
 
 
 class Outcome:
