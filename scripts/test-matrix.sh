@@ -102,8 +102,12 @@ exposure() {
   for container in $(docker ps --filter name='^agentops-default-' --format '{{.Names}}' | sort); do
     image=$(docker inspect --format '{{.Config.Image}}' "$container")
     systemd=$(docker exec "$container" systemctl --version | awk 'NR == 1 {print $2}')
-    line=$(docker exec "$container" systemd-analyze security --no-pager 2>/dev/null \
-      | awk '$1 ~ /^agentops-.*\.service$/ && $1 !~ /^agentops-(alert|heartbeat)/ {printf "%s %s, ", $1, $2}')
+    # The agents of the host are the files of /etc/agentops/agents.d/ (the test's own helper units are not).
+    line=$(docker exec "$container" sh -c 'for f in /etc/agentops/agents.d/*.json; do
+        [ -e "$f" ] || continue; n=$(basename "$f" .json)
+        systemd-analyze security --no-pager "agentops-$n.service" 2>/dev/null \
+          | sed -n "s/^.*Overall exposure level for agentops-$n.service: \([0-9.]*\).*$/$n \1/p"
+      done' | paste -sd, - | sed 's/,/, /g')
     exposures+=("$release | $container | $image | systemd $systemd | ${line%, }")
   done
 }
