@@ -6,10 +6,11 @@
 #   sanity    `ansible-test sanity` on the plugins (scripts/sanity.sh, tests/sanity/ignore-<release>.txt)
 #   unit      the unit tests (tests/unit, scripts/pytest.sh)
 #   molecule  `molecule test -s default` (MOLECULE_RELEASES only: the floor and the newest)
+# then, once, Galaxy's import checks on the built tarball (scripts/galaxy-importer.sh, offline),
 # and prints one table of results and times. Exits non-zero when any cell failed.
 #
 # usage: scripts/test-matrix.sh [RELEASE ...]     (default: every release of RELEASES below)
-# env:   MATRIX_STEPS      steps to run, default "sanity unit molecule"
+# env:   MATRIX_STEPS      steps to run, default "sanity unit molecule galaxy"
 #        MATRIX_TIMEOUT    seconds per step (default 1800)
 #        AGENTOPS_TEST_IMAGE_DEBIAN11/12/13   images of the Molecule platforms (.config/molecule/config.yml)
 set -uo pipefail
@@ -29,7 +30,7 @@ BASE_PACKAGES=(ansible-core pytest hypothesis prometheus-client PyYAML)
 # `ansible` (the package of the matching major) carries community.docker for Molecule's docker driver.
 MOLECULE_PACKAGES=(ansible molecule "molecule-plugins[docker]" docker pytest-testinfra)
 
-steps=${MATRIX_STEPS:-sanity unit molecule}
+steps=${MATRIX_STEPS:-sanity unit molecule galaxy}
 limit=${MATRIX_TIMEOUT:-1800}
 releases=${*:-$RELEASES}
 matrix=.cache/matrix
@@ -84,6 +85,8 @@ run_step() {
     unit | molecule)
       detail=$(sed 's/\x1b\[[0-9;]*m//g' "$log" | grep -E '([0-9]+ (passed|failed)).* in [0-9.]+s' | tail -n 1 \
         | grep -oE '[0-9]+ (passed|failed|skipped|errors?)' | paste -sd, - || true) ;;
+    galaxy-importer)
+      detail=$(sed -n 's/^galaxy-importer: import passed, \([0-9]*\) ERROR.*$/\1 errors logged/p' "$log") ;;
     sanity)
       detail=$(grep -cE '^Running sanity test' "$log" || true); detail="$detail tests" ;;
     *) detail="" ;;
@@ -154,6 +157,10 @@ for release in $releases; do
   fi
 done
 
+if in_list galaxy "$steps"; then
+  run_step galaxy galaxy-importer scripts/galaxy-importer.sh
+fi
+
 echo
 echo "ansible-core matrix ($((SECONDS - started))s; logs: $logs/matrix-*.log)"
 printf '| %-8s | %-26s | %-26s | %-40s | %-40s |\n' release "ansible-core, Python" sanity unit "molecule default"
@@ -171,5 +178,8 @@ if [ "${#exposures[@]}" -gt 0 ]; then
   echo
   echo "exposure of the agent units (systemd-analyze security, lower is better):"
   printf '  %s\n' "${exposures[@]}"
+fi
+if [ -n "${results[galaxy.galaxy-importer]:-}" ]; then
+  echo "galaxy-importer (offline) on the built tarball: ${results[galaxy.galaxy-importer]}"
 fi
 [ "$failed" -eq 0 ]
