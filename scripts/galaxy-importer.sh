@@ -45,8 +45,10 @@ ansible_local_tmp = $work/ansible-tmp
 CFG
 echo "galaxy-importer: $("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("galaxy-importer"))') on $(basename "$tarball")"
 set +e
-GALAXY_IMPORTER_CONFIG="$work/galaxy-importer.cfg" PATH="$root/$venv/bin:$PATH" HOME="$work" \
-  "$venv/bin/python" -m galaxy_importer.main "$tarball" >"$work/out.log" 2>&1
+tarball=$(cd "$(dirname "$tarball")" && pwd)/$(basename "$tarball")
+# It writes importer_result.json into its working directory: the temporary one.
+(cd "$work" && GALAXY_IMPORTER_CONFIG="$work/galaxy-importer.cfg" PATH="$root/$venv/bin:$PATH" HOME="$work" \
+  "$root/$venv/bin/python" -m galaxy_importer.main "$tarball" >"$work/out.log" 2>&1)
 rc=$?
 set -e
 grep -vE '^Loading ' "$work/out.log" || true
