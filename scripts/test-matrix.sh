@@ -12,6 +12,7 @@
 # usage: scripts/test-matrix.sh [RELEASE ...]     (default: every release of RELEASES below)
 # env:   MATRIX_STEPS      steps to run, default "sanity unit molecule galaxy"
 #        MATRIX_TIMEOUT    seconds per step (default 1800)
+#        MATRIX_SCENARIO   the Molecule scenario (default: default)
 #        AGENTOPS_TEST_IMAGE_DEBIAN11/12/13   images of the Molecule platforms (.config/molecule/config.yml)
 set -uo pipefail
 
@@ -32,6 +33,7 @@ MOLECULE_PACKAGES=(ansible molecule "molecule-plugins[docker]" docker pytest-tes
 
 steps=${MATRIX_STEPS:-sanity unit molecule galaxy}
 limit=${MATRIX_TIMEOUT:-1800}
+scenario=${MATRIX_SCENARIO:-default}
 releases=${*:-$RELEASES}
 matrix=.cache/matrix
 logs=.cache/logs
@@ -102,7 +104,7 @@ run_step() {
 # `systemd-analyze security` of every agent unit (agentops-<agent>.service) on each host of the scenario.
 exposure() {
   local release=$1 container image systemd line
-  for container in $(docker ps --filter name='^agentops-default-' --format '{{.Names}}' | sort); do
+  for container in $(docker ps --filter name="^agentops-$scenario-" --format '{{.Names}}' | sort); do
     image=$(docker inspect --format '{{.Config.Image}}' "$container")
     systemd=$(docker exec "$container" systemctl --version | awk 'NR == 1 {print $2}')
     # The agents of the host are the files of /etc/agentops/agents.d/ (the test's own helper units are not).
@@ -149,11 +151,11 @@ for release in $releases; do
   if in_list molecule "$steps" && in_list "$release" "$MOLECULE_RELEASES"; then
     # The hosts stay up after verify for the exposure of their agent units, then go.
     run_step "$release" molecule env PATH="$venv/bin:$PATH" ANSIBLE_FORCE_COLOR=0 PY_COLORS=0 \
-      NO_COLOR=1 molecule test -s default --destroy never
+      NO_COLOR=1 molecule test -s "$scenario" --destroy never
     if [ "${results[$release.molecule]%% *}" = passed ]; then
       exposure "$release"
     fi
-    env PATH="$venv/bin:$PATH" molecule destroy -s default >/dev/null 2>&1
+    env PATH="$venv/bin:$PATH" molecule destroy -s "$scenario" >/dev/null 2>&1
   fi
 done
 
@@ -163,7 +165,7 @@ fi
 
 echo
 echo "ansible-core matrix ($((SECONDS - started))s; logs: $logs/matrix-*.log)"
-printf '| %-8s | %-26s | %-26s | %-40s | %-40s |\n' release "ansible-core, Python" sanity unit "molecule default"
+printf '| %-8s | %-26s | %-26s | %-40s | %-40s |\n' release "ansible-core, Python" sanity unit "molecule $scenario"
 printf '| %-8s | %-26s | %-26s | %-40s | %-40s |\n' -------- -------------------------- -------------------------- \
   ---------------------------------------- ----------------------------------------
 for release in $releases; do
