@@ -8,6 +8,8 @@ VENV := $(CURDIR)/.venv
 BIN := $(VENV)/bin
 IMAGE_DEBIAN12 ?= agentops-test/debian12:latest
 IMAGE_DEBIAN13 ?= agentops-test/debian13:latest
+IMAGE_DEBIAN11 ?= agentops-test/debian11:latest
+IMAGE_DEBIAN_TESTING ?= agentops-test/debian-testing:latest
 SCENARIO ?=
 # Every Molecule scenario (a folder with molecule.yml).
 SCENARIOS := $(sort $(patsubst molecule/%/molecule.yml,%,$(wildcard molecule/*/molecule.yml)))
@@ -19,7 +21,7 @@ export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help setup venv host images collection docs lint unit property molecule test test-matrix bench demo demo-clean clean
+.PHONY: help setup venv host images images-all test-all collection docs lint unit property molecule test test-matrix bench demo demo-clean clean
 
 help: ## show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -32,10 +34,14 @@ venv: ## .venv from the pinned requirements.txt
 host: ## install docker.io + debootstrap when missing, start dockerd when not running
 	@scripts/setup-host.sh
 
-images: host ## build agentops-test/debian12 and debian13 from debootstrap (skipped when present)
+images: host ## build agentops-test/debian12, debian13 and debian11 from debootstrap, in parallel (skipped when present)
 	@scripts/build-image.sh bookworm $(IMAGE_DEBIAN12) & p1=$$!; \
 	 scripts/build-image.sh trixie $(IMAGE_DEBIAN13) & p2=$$!; \
-	 rc=0; wait $$p1 || rc=1; wait $$p2 || rc=1; exit $$rc
+	 scripts/build-image.sh bullseye $(IMAGE_DEBIAN11) & p3=$$!; \
+	 rc=0; wait $$p1 || rc=1; wait $$p2 || rc=1; wait $$p3 || rc=1; exit $$rc
+
+images-all: images ## the images of `make images` and agentops-test/debian-testing (debootstrap's sid script)
+	@scripts/build-image.sh testing $(IMAGE_DEBIAN_TESTING) sid
 
 collection: ## make this checkout importable as agentops.fleet
 	@mkdir -p $(dir $(COLLECTION_LINK))
@@ -56,8 +62,24 @@ property: venv collection images ## property test: accepted inventory values ren
 molecule: setup ## every Molecule scenario on both images (SCENARIO=name for one)
 	@scripts/molecule.sh $(or $(SCENARIO),$(SCENARIOS))
 
-test: setup lint unit property molecule ## THE test command: setup, lint, unit and property tests, all Molecule scenarios
+# The images build (debootstrap: mostly download and unpack) while lint and the unit tests run;
+# neither needs them. Its log: .cache/logs/images.log.
+test: venv host collection ## THE test command: setup, lint, unit and property tests, all Molecule scenarios
+	@mkdir -p .cache/logs; \
+	 $(MAKE) --no-print-directory images >.cache/logs/images.log 2>&1 & images=$$!; \
+	 rc=0; $(MAKE) --no-print-directory lint unit || rc=$$?; \
+	 if ! wait $$images; then cat .cache/logs/images.log; echo "make test: building the images failed" >&2; exit 1; fi; \
+	 cat .cache/logs/images.log; exit $$rc
+	@$(MAKE) --no-print-directory property molecule
 	@echo "make test: all checks passed"
+
+test-all: venv host collection images-all ## every scenario on Debian 11, 12, 13, then on Debian testing (non-gating; slow)
+	@AGENTOPS_MOLECULE_BASE_CONFIG=.config/molecule/config.yml:.config/molecule/all.yml \
+	 scripts/molecule.sh $(or $(SCENARIO),$(SCENARIOS))
+	@AGENTOPS_MOLECULE_BASE_CONFIG=.config/molecule/config.yml:.config/molecule/testing.yml \
+	 AGENTOPS_MOLECULE_SKIP_OWN_PLATFORMS=1 scripts/molecule.sh $(or $(SCENARIO),$(SCENARIOS)) \
+	 || echo "make test-all: the Debian testing pass failed (non-gating)" >&2
+	@echo "make test-all: every scenario passed on Debian 11, 12 and 13"
 
 test-matrix: collection images ## sanity + unit tests per ansible-core release (2.19-2.21, own venvs), Molecule default under 2.19 and 2.21
 	@scripts/test-matrix.sh

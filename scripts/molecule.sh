@@ -8,6 +8,14 @@
 # (WEIGHTS below, measured on a 2-core machine), so a scenario that mostly waits for timers and
 # deadlines runs beside a CPU-heavy one. Every scenario has a time limit
 # (AGENTOPS_MOLECULE_TIMEOUT seconds, default 1800); one that exceeds it fails and is destroyed.
+# The test sequences start at `create`: a scenario whose containers or Molecule state are left
+# over from an interrupted run is destroyed here first (nothing to destroy costs nothing), and
+# `make lint` already syntax-checks every playbook.
+# AGENTOPS_MOLECULE_BASE_CONFIG: colon-separated Molecule base configs (default: Molecule's own,
+# .config/molecule/config.yml), e.g. `make test-all` passes config.yml:all.yml (Debian 11, 12, 13)
+# and config.yml:testing.yml (Debian testing); logs then carry the last one's name
+# (.cache/logs/molecule-all-default.log). With AGENTOPS_MOLECULE_SKIP_OWN_PLATFORMS=1, scenarios
+# that list their own platforms (which replace a base config's) are left out of that pass.
 set -uo pipefail
 [ "$#" -gt 0 ] || { echo "molecule.sh: no scenario given" >&2; exit 2; }
 lanes=${AGENTOPS_MOLECULE_LANES:-2}
@@ -16,21 +24,45 @@ limit=${AGENTOPS_MOLECULE_TIMEOUT:-1800}
 [[ "$limit" =~ ^[1-9][0-9]*$ ]] || { echo "molecule.sh: AGENTOPS_MOLECULE_TIMEOUT must be whole seconds >= 1" >&2; exit 2; }
 logs=.cache/logs
 mkdir -p "$logs"
+base_args=()
+tag=""
+if [ -n "${AGENTOPS_MOLECULE_BASE_CONFIG:-}" ]; then
+  IFS=: read -r -a base_files <<<"$AGENTOPS_MOLECULE_BASE_CONFIG"
+  for f in "${base_files[@]}"; do
+    [ -f "$f" ] || { echo "molecule.sh: AGENTOPS_MOLECULE_BASE_CONFIG: no such file '$f'" >&2; exit 2; }
+    base_args+=(--base-config "$f")
+  done
+  tag=$(basename "${base_files[-1]}" .yml)-
+fi
 
 # Expected seconds per scenario (both images); unknown scenarios count as 300.
-declare -A WEIGHTS=([alerts]=600 [default]=520 [hostile]=400 [audit]=350 [watcher]=330 [channels]=330
-                    [token_rotation]=260 [journald]=200 [settings]=360 [agents]=330 [ssh]=240 [auth]=140)
+# default and agents run three platforms (Debian 11 too).
+declare -A WEIGHTS=([alerts]=600 [default]=600 [hostile]=400 [audit]=350 [watcher]=330 [channels]=330
+                    [token_rotation]=260 [journald]=200 [settings]=360 [agents]=450 [ssh]=240 [auth]=140
+                    [recovery]=300 [runtimes]=300 [scheduled]=300)
+
+# Leftovers of an interrupted run: containers named after the scenario, or Molecule state that
+# says they were created (create would then be skipped).
+leftovers() {
+  docker ps -aq --filter "name=^agentops-$1-" 2>/dev/null | grep -q . && return 0
+  grep -qs '^created: true' "$HOME"/.ansible/tmp/molecule.*."$1"/state.yml
+}
 
 run_scenario() {
-  local scenario=$1 log="$logs/molecule-$1.log" start=$SECONDS status rc summary p f
+  local scenario=$1 log="$logs/molecule-$tag$1.log" start=$SECONDS status rc summary p f
   echo "=== molecule test -s $scenario (log: $log)"
+  : >"$log"
+  if leftovers "$scenario"; then
+    echo "molecule.sh: $scenario: destroying what an earlier run left" | tee -a "$log"
+    ANSIBLE_FORCE_COLOR=0 molecule "${base_args[@]}" destroy -s "$scenario" >>"$log" 2>&1 || true
+  fi
   ANSIBLE_FORCE_COLOR=0 PY_COLORS=0 NO_COLOR=1 timeout --kill-after=60 "$limit" \
-    molecule test -s "$scenario" >"$log" 2>&1
+    molecule "${base_args[@]}" test -s "$scenario" >>"$log" 2>&1
   rc=$?
   if [ "$rc" -eq 0 ]; then status=passed; else status=FAILED; fi
   if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
     echo "molecule.sh: $scenario exceeded ${limit}s and was stopped" | tee -a "$log" >&2
-    ANSIBLE_FORCE_COLOR=0 molecule destroy -s "$scenario" >>"$log" 2>&1 || true
+    ANSIBLE_FORCE_COLOR=0 molecule "${base_args[@]}" destroy -s "$scenario" >>"$log" 2>&1 || true
   fi
   # The testinfra summary line of this scenario ("== 28 passed, 1 failed in 53.74s ==").
   summary=$(sed 's/\x1b\[[0-9;]*m//g' "$log" | grep -E '=+ .*(passed|failed|error).* in [0-9.]+s' | tail -n 1 || true)
@@ -41,7 +73,7 @@ run_scenario() {
     echo "molecule.sh: $scenario ran no testinfra test" >&2
     status=FAILED
   fi
-  echo "$status $((SECONDS - start)) $p $f" >"$logs/molecule-$scenario.result"
+  echo "$status $((SECONDS - start)) $p $f" >"$logs/molecule-$tag$scenario.result"
   echo "=== $scenario: $status in $((SECONDS - start))s ${summary:+($(sed -E 's/^.*=+ (.*) in ([0-9.]+s).*$/\1/' <<<"$summary"))}"
 }
 
@@ -53,7 +85,11 @@ for scenario in "$@"; do
     echo "molecule.sh: unknown scenario '$scenario' (no molecule/$scenario/molecule.yml)" >&2
     failed+=("$scenario"); continue
   fi
-  rm -f "$logs/molecule-$scenario.result"
+  if [ "${AGENTOPS_MOLECULE_SKIP_OWN_PLATFORMS:-0}" = 1 ] && grep -q '^platforms:' "molecule/$scenario/molecule.yml"; then
+    echo "molecule.sh: $scenario lists its own platforms: not part of this pass"
+    continue
+  fi
+  rm -f "$logs/molecule-$tag$scenario.result"
   scenarios+=("$scenario")
 done
 mapfile -t ordered < <(for s in "${scenarios[@]}"; do echo "${WEIGHTS[$s]:-300} $s"; done | sort -k1,1nr -k2 | awk '{print $2}')
@@ -82,7 +118,7 @@ passed=()
 tests_passed=0
 tests_failed=0
 for scenario in "${scenarios[@]}"; do
-  result="$logs/molecule-$scenario.result"
+  result="$logs/molecule-$tag$scenario.result"
   if [ ! -f "$result" ]; then
     failed+=("$scenario"); continue
   fi
@@ -92,8 +128,8 @@ for scenario in "${scenarios[@]}"; do
     passed+=("$scenario")
   else
     failed+=("$scenario")
-    echo "----- $scenario FAILED after ${seconds}s: the end of $logs/molecule-$scenario.log"
-    sed 's/\x1b\[[0-9;]*m//g' "$logs/molecule-$scenario.log" | tail -n 150
+    echo "----- $scenario FAILED after ${seconds}s: the end of $logs/molecule-$tag$scenario.log"
+    sed 's/\x1b\[[0-9;]*m//g' "$logs/molecule-$tag$scenario.log" | tail -n 150
   fi
 done
 echo "molecule: scenarios passed: ${passed[*]:-none}; failed: ${failed[*]:-none}"
