@@ -117,7 +117,7 @@ exposure() {
   done
 }
 
-declare -a exposures
+exposures=()
 declare -A results versions
 failed=0
 started=$SECONDS
