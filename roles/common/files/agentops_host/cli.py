@@ -28,7 +28,6 @@ SUBCOMMANDS = {
     "rotate": "rotate",
     "failure": "alert",
     "recover": "recovery",
-    "recover": "recovery",
     "exec": "execenv",
 }
 
