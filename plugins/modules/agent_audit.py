@@ -16,7 +16,9 @@ description:
   - Reads the systemd units, the journald configuration, the agents' C(AGENTS.md) files, the rotation schedule and
     the alert path of a host and reports, for every item of the Agent Ops Checklist, whether it passes and why.
   - "Items: C(kill_mode) (C(KillMode=control-group) on every agent unit), C(restart) (C(Restart=on-failure) with an
-    explicit C(RestartSec=)), C(auth_at_start) (C(ExecStartPre=) runs C(check-auth) for every agent that holds a
+    explicit C(RestartSec=); for a scheduled agent of C(agents.d), a one-shot run, its C(agentops-<name>.timer)
+    loaded, active and enabled instead - such an agent inactive between runs is no finding, a missing, stopped
+    or disabled timer is), C(auth_at_start) (C(ExecStartPre=) runs C(check-auth) for every agent that holds a
     credential or has auth checks), C(rotation_schedule) (C(/etc/cron.d/agentops-token-rotation) and
     C(agentops rotate --list) cover every credential, or no agent holds one), C(heartbeat) (an active
     C(agentops-heartbeat*.timer)), C(log_retention) (the merged journald configuration sets C(SystemMaxUse=) and
@@ -431,6 +433,8 @@ def _check_kill_mode(agent):
 
 
 def _check_restart(agent):
+    if agent.get("schedule"):
+        return _check_timer(agent)
     restart = agent["props"].get("Restart", "")
     problems = []
     if restart != "on-failure":
@@ -438,6 +442,20 @@ def _check_restart(agent):
     if not agent.get("restart_sec"):
         problems.append("RestartSec not set (systemd's 100ms default restarts in a tight loop)")
     return "%s: %s" % (agent["unit"], ", ".join(problems)) if problems else None
+
+
+def _check_timer(agent):
+    """A scheduled agent (a one-shot run started by its timer): the timer must be loaded, active and enabled."""
+    timer = agent.get("timer_props") or {}
+    name = agent.get("timer") or "agentops-%s.timer" % agent.get("name")
+    if timer.get("LoadState") != "loaded":
+        return "%s: scheduled (%s) but %s is missing (LoadState=%s): no run starts" % (
+            agent["unit"], agent["schedule"], name, timer.get("LoadState") or "unknown")
+    if timer.get("ActiveState") != "active" or timer.get("UnitFileState") not in ("enabled", "enabled-runtime"):
+        return "%s: scheduled (%s) but %s is %s and %s: runs are missed" % (
+            agent["unit"], agent["schedule"], name, timer.get("ActiveState") or "unknown",
+            timer.get("UnitFileState") or "unknown")
+    return None
 
 
 def _needs_auth(agent):
@@ -469,7 +487,8 @@ def evaluate(facts, rotation_exempt=()):
     agents = facts["agents"]
     items = [
         _per_unit("kill_mode", agents, _check_kill_mode, "all KillMode=control-group"),
-        _per_unit("restart", agents, _check_restart, "all Restart=on-failure with RestartSec"),
+        _per_unit("restart", agents, _check_restart,
+                  "all Restart=on-failure with RestartSec (a scheduled agent: its timer active and enabled)"),
     ]
 
     # auth at session start
@@ -649,6 +668,14 @@ class Collector(object):
             if rc == 0:
                 props = parse_show(out)
         agents = [self.agent(unit, sources[unit], props.get(unit, {}), configs.get(unit)) for unit in units]
+        scheduled = [a["timer"] for a in agents if a.get("schedule")]
+        if scheduled:
+            rc, out, dummy = self._systemctl("show", "--property=Id,LoadState,ActiveState,UnitFileState", "--",
+                                             *scheduled)
+            found = parse_show(out) if rc == 0 else {}
+            for entry in agents:
+                if entry.get("schedule"):
+                    entry["timer_props"] = found.get(entry["timer"], {})
 
         timers = {}
         names = self._list("list-unit-files", "agentops-heartbeat*.timer", ["--type=timer"])
@@ -695,6 +722,8 @@ class Collector(object):
             "restart_sec": (directives["RestartSec"] or [None])[-1],
             "credentials": credentials,
             "auth_checks": len(config.get("auth_checks") or []),
+            "schedule": config.get("schedule"),
+            "timer": config.get("timer") or ("agentops-%s.timer" % name if config.get("schedule") else None),
             "agents_md_path": None,
             "agents_md": None,
             "agents_md_error": None,
