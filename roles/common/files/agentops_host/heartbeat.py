@@ -9,6 +9,10 @@ every agent in ``agents.d``:
 * progress (every tick for ``journal`` and ``file``, every ``interval`` for ``command``):
   no progress for ``max_silence`` while the unit is active -> ``<agent>/silent``; outside
   ``active_hours`` silence is not alerted;
+* scheduled agents (``schedule``, ``agentops_host.schedule``): a run in progress (``activating``) is checked
+  for progress, the agent is not down between runs (after a failed run ``<agent>/down`` stays open until a
+  run succeeds), and a missed run (timer stopped or disabled, or not fired within ``schedule_grace`` of the
+  elapse it announced) -> ``<agent>/missed``, resolved by the next run;
 * the progress ``file`` and ``WORKSTATE.md`` live where the agent writes: only their ``lstat`` is read,
   through directory fds that never follow a symlink in the agent's directory
   (``agentops_lib.agentops_safefile``); a symlink, FIFO, directory, ... there is logged (once per change)
