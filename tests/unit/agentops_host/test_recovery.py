@@ -238,6 +238,18 @@ def test_restart_gave_up_is_latched_too():
     assert not recovery.is_latched({"ActiveState": "active", "Result": "start-limit-hit", "NRestarts": "3"})
 
 
+def test_the_cool_down_counts_from_when_systemd_says_the_unit_failed(tmp_path, units):
+    args = make_args(tmp_path)
+    agent = add_agent(args, "late", RESTART_SETTINGS)
+    failed_ago = 18.0                      # the heartbeat sees the latch late (a slow tick): 18 s after it happened
+    latched = {"ActiveState": "failed", "Result": "exit-code", "NRestarts": "3",
+               "InactiveEnterTimestampMonotonic": str(int((time.monotonic() - failed_ago) * 1e6))}
+    now = time.time()
+    assert recovery.step(args, agent, latched, False, now, Alerts().emit, Alerts().resolve).action is None
+    assert recovery.step(args, agent, latched, False, now + 2.5, Alerts().emit, Alerts().resolve).action == \
+        "start-limit-retry"
+
+
 def test_infinity_never_retries_a_latched_unit(tmp_path, units):
     args = make_args(tmp_path)
     agent = add_agent(args, "never", dict(RESTART_SETTINGS, start_limit_retry_after="infinity"))

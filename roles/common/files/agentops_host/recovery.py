@@ -8,7 +8,8 @@ heartbeat only alerts and nothing here acts):
   the whole control group; WORKSTATE.md is not touched, so the next session resumes from it);
 * ``start_limit_retry_after`` (seconds or ``"infinity"``): a unit latched at its start limit (``failed``
   after ``Restart=`` gave up, see ``is_latched``) is ``systemctl reset-failed`` and ``start --no-block``
-  once it has been latched that long (measured from the first heartbeat run that saw it latched);
+  once it has been latched that long (since systemd's ``InactiveEnterTimestampMonotonic`` of the unit, or
+  the first heartbeat run that saw it latched when that is unknown);
 * ``max_restarts`` per ``window`` (seconds): every such action counts; with the budget spent the next
   action that would be due raises ONE critical ``<agent>/giving-up`` alert and nothing is done until the
   window has passed (the breaker re-arms by itself and resolves that alert) or an operator runs
@@ -217,7 +218,9 @@ def _decide(args, data, settings, name, unit, props, hung, now, emit, resolve, m
     latched = is_latched(props)
     if latched:
         if data["latched_since"] is None:
-            data["latched_since"] = now
+            # systemd's own record of when the unit entered the failed state; the first run that saw it otherwise
+            entered = systemd.monotonic_to_epoch(props.get("InactiveEnterTimestampMonotonic"))
+            data["latched_since"] = min(entered, now) if entered else now
     else:
         data["latched_since"] = None
     wanted = None

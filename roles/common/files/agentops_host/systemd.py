@@ -10,6 +10,8 @@ SHOW_PROPERTIES = (
     "RestartUSec", "UnitFileState",
     # scheduled agents: the start of a run in progress (activating), and their timers
     "InactiveExitTimestampMonotonic", "LastTriggerUSec", "NextElapseUSecRealtime",
+    # recovery: when a unit latched at its start limit entered the failed state
+    "InactiveEnterTimestampMonotonic",
 )
 
 SYSTEMCTL = "systemctl"
