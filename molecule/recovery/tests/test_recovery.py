@@ -110,7 +110,8 @@ def new_invocation(host, wait_for, old, timeout, message):
 
 
 def recovery_view(host, agent):
-    return [row for row in json.loads(host.check_output("agentops status --json")) if row["agent"] == agent][0]["recovery"]
+    rows = json.loads(host.check_output("agentops status --json"))
+    return [row for row in rows if row["agent"] == agent][0]["recovery"]
 
 
 def test_10_hung_agent_is_restarted_in_time_with_one_alert_and_workstate_untouched(host, wait_for):

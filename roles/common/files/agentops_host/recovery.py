@@ -70,7 +70,8 @@ def settings_of(agent):
     return {"on_hang": merged["on_hang"],
             "max_restarts": int(agentops_contract._as_int(merged["max_restarts"])),  # pylint: disable=protected-access
             "window": float(agentops_contract.timespan_seconds(merged["window"])),
-            "start_limit_retry_after": None if retry == "infinity" else float(agentops_contract.timespan_seconds(retry))}
+            "start_limit_retry_after": (None if retry == "infinity"
+                                        else float(agentops_contract.timespan_seconds(retry)))}
 
 
 def _number(value):
@@ -289,6 +290,10 @@ def status(args, agent, now=None):
             "giving_up_since": data["giving_up"], "last_action": data["last_action"]}
 
 
+def _iso(epoch):
+    return time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(epoch))
+
+
 def status_lines(rows):
     """One line per agent with recovery settings, under the status table."""
     lines = []
@@ -300,7 +305,7 @@ def status_lines(rows):
         lines.append("recovery %s: on_hang %s, %d/%d restarts used in %ds%s%s" % (
             row.get("agent"), view["on_hang"], view["restarts_used"], view["max_restarts"], view["window_seconds"],
             ", GIVING UP (agentops recover --reset %s)" % row.get("agent") if view["giving_up"] else "",
-            "; last: %s at %s%s" % (last["kind"], alert._iso(last["time"]), "" if last["ok"] else " (failed)")  # pylint: disable=protected-access
+            "; last: %s at %s%s" % (last["kind"], _iso(last["time"]), "" if last["ok"] else " (failed)")
             if last else ""))
     return lines
 
