@@ -14,7 +14,7 @@ short_description: Recognise agents whose command runs a JIT runtime (Node.js, D
 version_added: "0.1.0"
 description:
   - For each agent command, tells whether it runs a runtime that compiles code at run time (C(node), C(nodejs),
-    C(deno), C(bun), C(java)): from the command's first word, the target of that word when it is a link (for
+    C(deno), C(bun), C(java)) - from the command's first word, the target of that word when it is a link (for
     example C(/usr/local/bin/claude) linking to a script), the program C(env) runs, or the script's C(#!) line.
   - A script's first 256 bytes are read, without following a final link and without blocking on a FIFO; a
     command that does not exist yet is judged by its name only.
