@@ -12,7 +12,9 @@ open_alerts (key, severity, title, since), deadman (the agent's dead man's switc
 target as "<type> <host>", ok, detail, error, last_kind, last_attempt_at, last_ok_at, failures),
 error (null, or why the agent is broken), schedule (null, or for a scheduled agent: expression,
 timer, timer_state, last_run, result, next_run, grace_seconds; the text table is followed by one line
-each), dead_letter (the host's number of alert messages given
+each), recovery (null without recovery settings, else on_hang, max_restarts, window_seconds,
+start_limit_retry_after_seconds, restarts_used, giving_up, giving_up_since, last_action {time, kind,
+detail, ok}; the text table is followed by one line each), dead_letter (the host's number of alert messages given
 up on, from ``alert.dead_letter_count`` when the alert module provides it, else null) and watcher
 (the heartbeat's last run, its metrics file status and the host's dead man's switch targets);
 dead_letter and watcher are the same in every row.
