@@ -100,7 +100,8 @@ def heartbeat_runs(host, agent, count, wait_for):
         if stamp > start:
             seen.add(stamp)
         return len(seen) >= count
-    wait_for(more, count * TICK + 20, interval=0.5, message="%d heartbeat runs for %s" % (count, agent))
+    # a generous bound: on a loaded machine one run can take several ticks
+    wait_for(more, count * (TICK + 15) + 20, interval=0.5, message="%d heartbeat runs for %s" % (count, agent))
 
 
 def new_invocation(host, wait_for, old, timeout, message):
@@ -120,9 +121,9 @@ def test_10_hung_agent_is_restarted_in_time_with_one_alert_and_workstate_untouch
     set_mode(host, "hang", "ok")
     # the latched unit's cool-down runs while the hung agent is tested (checked in test_50)
     set_mode(host, "latch", "crash")
-    wait_for(lambda: props(host, LATCH, "ActiveState", "NRestarts") in ({"ActiveState": "failed", "NRestarts": n}
-                                                                        for n in ("2", "3", "4")),
-             60, interval=0.25, message="the crash-looping unit to latch at its start limit")
+    wait_for(lambda: (lambda p: p.get("ActiveState") == "failed" and p.get("NRestarts") not in ("", "0"))(
+        props(host, LATCH, "ActiveState", "NRestarts")), 90, interval=0.25,
+        message="the crash-looping unit to latch at its start limit")
     seen["latched"] = epoch_of(host, LATCH, "InactiveEnterTimestampMonotonic")   # when it entered failed
     seen["start"] = seen["latched"] - 1.0
     set_mode(host, "latch", "ok")                                   # the retried start will work
