@@ -11,7 +11,7 @@
 #
 # usage: scripts/test-matrix.sh [RELEASE ...]     (default: every release of RELEASES below)
 # env:   MATRIX_STEPS      steps to run, default "sanity unit molecule galaxy"
-#        MATRIX_TIMEOUT    seconds per step (default 1800)
+#        MATRIX_TIMEOUT    seconds per step (default 3600)
 #        MATRIX_SCENARIO   the Molecule scenario (default: default)
 #        AGENTOPS_TEST_IMAGE_DEBIAN11/12/13   images of the Molecule platforms (.config/molecule/config.yml)
 set -uo pipefail
@@ -32,7 +32,7 @@ BASE_PACKAGES=(ansible-core pytest hypothesis prometheus-client PyYAML)
 MOLECULE_PACKAGES=(ansible molecule "molecule-plugins[docker]" docker pytest-testinfra)
 
 steps=${MATRIX_STEPS:-sanity unit molecule galaxy}
-limit=${MATRIX_TIMEOUT:-1800}
+limit=${MATRIX_TIMEOUT:-3600}
 scenario=${MATRIX_SCENARIO:-default}
 releases=${*:-$RELEASES}
 matrix=.cache/matrix
