@@ -138,7 +138,8 @@ def test_60_status_shows_last_run_result_and_next_run(host):
     rows = dict((r["agent"], r) for r in json.loads(host.check_output("/usr/local/bin/agentops status --json")))
     tick = rows["tick"]["schedule"]
     assert tick["expression"] == "*-*-* *:*:0/20" and tick["timer_state"] == "active/enabled"
-    assert tick["last_run"] and tick["next_run"] and tick["result"] in ("success", "running")
+    assert tick["last_run"] and tick["result"] in ("success", "running")
+    assert tick["next_run"] or tick["result"] == "running"      # systemd announces the next elapse after a run
     assert rows["slow"]["schedule"]["result"] in ("timeout", "running")
     text = host.check_output("/usr/local/bin/agentops status")
     assert "Scheduled agents:" in text and "tick: schedule *-*-* *:*:0/20, last run " in text
