@@ -88,6 +88,8 @@ def test_view_for_status():
     assert schedule.view(AGENT, {"ActiveState": "inactive", "Result": "success"}, timer())["result"] == "never ran"
     line = schedule.status_line({"agent": "nightly", "schedule": item})
     assert line.startswith("nightly: schedule *-*-* 03:00:00, last run ") and "(timeout)" in line
+    running = schedule.view(AGENT, {"ActiveState": "activating"}, timer(last=now - 1))
+    assert "next run after this run" in schedule.status_line({"agent": "nightly", "schedule": running})
 
 
 # ------------------------------------------------------------------ heartbeat end to end

@@ -193,4 +193,5 @@ def status_line(row):
     item = row.get("schedule") or {}
     return "%s: schedule %s, last run %s (%s), next run %s, timer %s" % (
         row.get("agent"), item.get("expression"), item.get("last_run") or "never", item.get("result"),
-        item.get("next_run") or "none (timer not active)", item.get("timer_state"))
+        item.get("next_run") or ("after this run" if item.get("result") == "running" else "none (timer not active)"),
+        item.get("timer_state"))
