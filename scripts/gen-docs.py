@@ -80,10 +80,12 @@ CONTRACT_KEYS = (
     ((SHARED, "auth_checks"), "AUTH_KEYS"),
     ((SHARED, "token_rotation"), "ROTATION_KEYS"),
     ((SHARED, "failure_modes"), "FAILURE_MODE_KEYS"),
+    ((SHARED, "recovery"), "RECOVERY_KEYS"),
 )
 CONTRACT_CHOICES = (
     ((SHARED, "hardening"), "HARDENING"),
     ((SHARED, "heartbeat", "progress"), "PROGRESS"),
+    ((SHARED, "recovery", "on_hang"), "RECOVERY_ON_HANG"),
 )
 ALERT_CHANNELS = "agentops_alert_channels"
 # Variables the contract checks with their own code rather than SETTING_CHECKS.
