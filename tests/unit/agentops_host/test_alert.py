@@ -298,3 +298,18 @@ def test_alerts_role_spool_settings_are_validated_and_written(tmp_path):
     assert (defaults["alert_max_age_seconds"], defaults["alert_permanent_failures"],
             defaults["alert_spool_max"]) == (86400, 3, 1000)
     assert alert.settings(defaults)["max_age"] == 86400 and alert.settings(data)["spool_max"] == 250
+
+
+@pytest.mark.parametrize("result,meaning", [("timeout", "runtime_max"), ("oom-kill", "OOM killer"),
+                                            ("start-limit-hit", "start limit"), ("exit-code", "non-zero status")])
+def test_failure_report_says_what_the_result_means(result, meaning):
+    props = {"Result": result, "NRestarts": "0", "ActiveState": "failed", "SubState": "failed"}
+    final, title, body = alert.failure_report("agentops-nightly.service", props)
+    assert final and title == "agentops-nightly.service failed (Result=%s, NRestarts=0)" % result
+    line = next(li for li in body.splitlines() if li.startswith("Result: "))
+    assert line.startswith("Result: %s (" % result) and meaning in line
+
+
+def test_failure_report_of_an_unknown_result_is_plain():
+    _final, _title, body = alert.failure_report("agentops-x.service", {"Result": "weird", "ActiveState": "failed"})
+    assert "\nResult: weird\n" in body

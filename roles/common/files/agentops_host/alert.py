@@ -1750,6 +1750,21 @@ def crashloop_key(agent, unit):
     return "%s/crashloop" % agent if agent else "unit/%s/crashloop" % unit
 
 
+# What systemd's Result= of a failed unit means for an agent, in the alert body.
+RESULT_MEANING = {
+    "timeout": "it ran past a time limit: runtime_max (RuntimeMaxSec=, or TimeoutStartSec= of a scheduled run), "
+               "or it did not start or stop in time (TimeoutStopSec=)",
+    "start-limit-hit": "systemd stopped restarting it: the start limit (StartLimitBurst= in StartLimitIntervalSec=) "
+                       "was hit",
+    "oom-kill": "the kernel's OOM killer ended it (memory_max / MemoryMax=)",
+    "exit-code": "its main process exited with a non-zero status",
+    "signal": "its main process was killed by a signal",
+    "core-dump": "its main process crashed and dumped core",
+    "watchdog": "it stopped sending watchdog keep-alives",
+    "resources": "systemd could not set up its resources (user, credentials, directories, sandbox)",
+}
+
+
 def failure_report(unit, props=None):
     """(final, title, body) of a unit that failed: its Result, NRestarts, state and last journal lines.
 
@@ -1776,7 +1791,7 @@ def failure_report(unit, props=None):
         title = "%s crashed and is being restarted by Restart= (NRestarts=%s)" % (unit, restarts)
     body = "\n".join([
         "Unit: %s" % unit,
-        "Result: %s" % result,
+        "Result: %s%s" % (result, (" (%s)" % RESULT_MEANING[result]) if result in RESULT_MEANING else ""),
         "NRestarts: %s" % restarts,
         "State: %s/%s" % (props.get("ActiveState", "?"), props.get("SubState", "?")),
         "Failed since: %s" % since,
