@@ -111,7 +111,7 @@ def test_agents_d_configuration(host):
         "credentials": ["api_token"], "enabled": True, "state": "present", "auth_checks": [],
         "heartbeat": {"interval": "1min", "max_silence": "10min", "progress": "file", "file": "heartbeat",
                       "command": None, "active_hours": "00:00-23:59", "workstate_max_age": None},
-        "token_rotation": [],
+        "token_rotation": [], "recovery": None,
     }
     authy = json.loads(host.file("/etc/agentops/agents.d/authy.json").content_string)
     assert authy["enabled"] is False and authy["heartbeat"] is None
