@@ -39,7 +39,7 @@ fi
 # default and agents run three platforms (Debian 11 too).
 declare -A WEIGHTS=([alerts]=600 [default]=600 [hostile]=400 [audit]=350 [watcher]=330 [channels]=330
                     [token_rotation]=260 [journald]=200 [settings]=360 [agents]=450 [ssh]=240 [auth]=140
-                    [recovery]=300 [runtimes]=300 [scheduled]=300)
+                    [recovery]=350 [runtimes]=450 [scheduled]=250)
 
 # Leftovers of an interrupted run: containers named after the scenario, or Molecule state that
 # says they were created (create would then be skipped).
