@@ -1,0 +1,12 @@
+#!/bin/sh
+# Test agent of the channels scenario: reads /etc/agentops-test/<name>.mode every second
+#   ok    -> prints a progress line every second
+#   crash -> prints a line and exits 3 (Restart=on-failure restarts it until the start limit)
+name="$1"
+while true; do
+    mode=$(cat "/etc/agentops-test/$name.mode" 2>/dev/null || echo ok)
+    case "$mode" in
+        crash) echo "test agent $name crashing on purpose"; exit 3 ;;
+        *) echo "test agent $name working"; sleep 1 ;;
+    esac
+done
