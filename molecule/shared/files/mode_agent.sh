@@ -1,8 +1,9 @@
 #!/bin/sh
-# Test agent of the watcher scenario: behaviour read every second from /etc/agentops-test/<name>.mode
+# Test agent of the alerts, channels, watcher and recovery scenarios: behaviour read every second from
+# /etc/agentops-test/<name>.mode
 #   ok    -> prints a progress line every second
 #   hang  -> stays alive but prints nothing (hung-but-alive)
-#   crash -> prints a line and exits 3 (Restart=on-failure restarts it)
+#   crash -> prints a line and exits 3 (Restart=on-failure restarts it until the start limit)
 name="$1"
 while true; do
     mode=$(cat "/etc/agentops-test/$name.mode" 2>/dev/null || echo ok)
