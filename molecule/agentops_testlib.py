@@ -1,6 +1,6 @@
 """Helpers shared by the testinfra suites of every Molecule scenario: the container's clock, the request
-logs of the loopback receivers (molecule/shared/files/fake_endpoint.py, smtp_sink.py) and polling with a
-deadline. Scenario helper modules import them from here (molecule/ is on sys.path through conftest.py)."""
+logs of the loopback receivers (molecule/shared/files/fake_endpoint.py, smtp_sink.py), polling with a
+deadline and the measured figures. Scenario helper modules import them from here (molecule/ is on sys.path through conftest.py)."""
 import json
 import time
 
@@ -42,3 +42,13 @@ def wait_for(predicate, timeout, interval=0.5, message="condition"):
         if time.monotonic() >= deadline:
             raise AssertionError("timed out after %ss waiting for %s (last value: %r)" % (timeout, message, last))
         time.sleep(interval)
+
+
+def record_figure(path, host, name, seconds, digits=1, **extra):
+    """Record a measured latency: printed (``FIGURE {...}``) and appended to the JSON lines file ``path``
+    on the controller, where the closing figures of a run are read from."""
+    line = {"host": host.backend.host, "figure": name, "seconds": round(seconds, digits), "time": time.time()}
+    line.update(extra)
+    print("FIGURE %s" % json.dumps(line))
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(line) + "\n")

@@ -1,7 +1,6 @@
 """Helpers of the alerts scenario's testinfra suite: the receivers' request logs and the clock."""
 import json
 import os
-import time
 
 import agentops_testlib
 
@@ -80,7 +79,4 @@ def flush_runs(host, count, wait_for, timeout=60):
 
 def figure(host, name, seconds):
     """Record a measured detection latency (printed and appended to FIGURES)."""
-    line = {"host": host.backend.host, "figure": name, "seconds": round(seconds, 1), "time": time.time()}
-    print("FIGURE %s" % json.dumps(line))
-    with open(FIGURES, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(line) + "\n")
+    agentops_testlib.record_figure(FIGURES, host, name, seconds)

@@ -4,7 +4,6 @@ import email.policy
 import hashlib
 import json
 import os
-import time
 
 import agentops_testlib
 
@@ -111,8 +110,4 @@ def detected_at(host, since, needle):
 
 
 def figure(host, name, seconds, **extra):
-    line = {"host": host.backend.host, "figure": name, "seconds": round(seconds, 2), "time": time.time()}
-    line.update(extra)
-    print("FIGURE %s" % json.dumps(line))
-    with open(FIGURES, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(line) + "\n")
+    agentops_testlib.record_figure(FIGURES, host, name, seconds, digits=2, **extra)

@@ -9,7 +9,6 @@ AGENTOPS_RECOVERY_FIGURES.
 """
 import json
 import os
-import time
 
 import agentops_testlib
 import pytest
@@ -36,10 +35,7 @@ now = agentops_testlib.now
 
 
 def figure(host, name, seconds):
-    line = {"host": host.backend.host, "figure": name, "seconds": round(seconds, 1), "time": time.time()}
-    print("FIGURE %s" % json.dumps(line))
-    with open(FIGURES, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(line) + "\n")
+    agentops_testlib.record_figure(FIGURES, host, name, seconds)
 
 
 def alerts(host, since=0.0, key=None, severity=None):

@@ -5,7 +5,6 @@ each request; the heartbeat ticks every 3 s and writes /var/lib/agentops-test-me
 """
 import json
 import os
-import time
 
 import agentops_testlib
 import pytest
@@ -29,10 +28,7 @@ now = agentops_testlib.now
 
 def figure(host, name, seconds):
     """Record a measured latency (printed, and appended to FIGURES on the controller)."""
-    line = {"host": host.backend.host, "figure": name, "seconds": round(seconds, 1), "time": time.time()}
-    print("FIGURE %s" % json.dumps(line))
-    with open(FIGURES, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(line) + "\n")
+    agentops_testlib.record_figure(FIGURES, host, name, seconds)
 
 
 def alerts(host, since=0.0):
