@@ -4,6 +4,8 @@ deadline and the measured figures. Scenario helper modules import them from here
 import json
 import time
 
+import pytest
+
 ENDPOINT_LOG = "/var/log/agentops-fake-endpoint/%d.jsonl"
 
 
@@ -52,3 +54,11 @@ def record_figure(path, host, name, seconds, digits=1, **extra):
     print("FIGURE %s" % json.dumps(line))
     with open(path, "a", encoding="utf-8") as handle:
         handle.write(json.dumps(line) + "\n")
+
+
+def skip_unless_case_host(host, hosts, case):
+    """Bad-input case number ``case`` runs on one host only, the hosts taking turns: validation happens on
+    the controller, so once is enough, and spreading the cases keeps the hosts' pytest-xdist workers even."""
+    owner = hosts[case % len(hosts)]
+    if host.backend.host != owner:
+        pytest.skip("validation runs on the controller: this case runs once, on %s" % owner)

@@ -1,4 +1,6 @@
 """Fixtures shared by the testinfra suites of every Molecule scenario."""
+import os
+
 import pytest
 from agentops_playbook import ansible_playbook
 from agentops_testlib import wait_for
@@ -48,3 +50,35 @@ def run_playbook():
 def wait_for_fixture():
     """The wait_for(predicate, timeout, interval=0.5, message=...) helper as a fixture."""
     return wait_for
+
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """One pytest-xdist worker per host, for scenarios that ask for it (verifier options `n` and
+    `dist: loadgroup` in their molecule.yml; the group is the host): every test of one host runs in one
+    worker, in file order, and the hosts run side by side. Only scenarios whose tests touch nothing but
+    their own host opt in. A test without a host goes to one "controller" group.
+
+    The host is read from the test id (testinfra's "ansible://<host>" parameter) against the scenario's
+    inventory, not from xdist_group marks: pytest 9.2 no longer carries the group that marks add
+    (pytest-xdist issue 1386). A host-parametrized test whose host is not found fails the run instead of
+    running beside its host's other tests."""
+    if getattr(config.option, "dist", "no") != "loadgroup":
+        return None
+    from testinfra.utils.ansible_runner import AnsibleRunner
+    from xdist.scheduler import LoadScopeScheduling
+
+    hosts = sorted(AnsibleRunner(os.environ["MOLECULE_INVENTORY_FILE"]).get_hosts("all"), key=len, reverse=True)
+
+    class PerHostScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid):
+            params = nodeid[nodeid.find("[") + 1:] if "[" in nodeid else ""
+            if not params.startswith("ansible://"):
+                return "controller"
+            for name in hosts:     # longest first: a host name may be the prefix of another
+                if params.startswith("ansible://%s]" % name) or params.startswith("ansible://%s-" % name):
+                    return name
+            raise pytest.UsageError("no host of the inventory (%s) in the test id %s" % (", ".join(hosts), nodeid))
+
+    return PerHostScheduling(config, log)

@@ -29,7 +29,7 @@ MOLECULE_RELEASES="2.19 2.21"
 # Top-level packages of each venv (versions come from the constraints file).
 BASE_PACKAGES=(ansible-core pytest hypothesis prometheus-client PyYAML)
 # `ansible` (the package of the matching major) carries community.docker for Molecule's docker driver.
-MOLECULE_PACKAGES=(ansible molecule "molecule-plugins[docker]" docker pytest-testinfra)
+MOLECULE_PACKAGES=(ansible molecule "molecule-plugins[docker]" docker pytest-testinfra pytest-xdist)
 
 steps=${MATRIX_STEPS:-sanity unit molecule galaxy}
 limit=${MATRIX_TIMEOUT:-3600}

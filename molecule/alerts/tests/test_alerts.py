@@ -6,6 +6,7 @@ import os
 
 import pytest
 import testinfra.utils.ansible_runner
+from agentops_testlib import skip_unless_case_host
 
 from alerts_helpers import (AUTH, CANARY, TELEGRAM, WEBHOOK, figure, flush_runs, heartbeat_runs, now,
                             records, set_mode, set_rules, telegram, webhook)
@@ -237,8 +238,7 @@ def _fingerprint(host):
 @pytest.mark.parametrize("extra_vars, message", BAD_INPUT, ids=[m.split(" ")[0].split(":")[0] + "-%d" % i
                                                                  for i, (_, m) in enumerate(BAD_INPUT)])
 def test_bad_input_is_rejected_before_any_change(host, run_playbook, extra_vars, message):
-    if host.backend.host != testinfra_hosts[0]:
-        pytest.skip("validation runs on the controller: once is enough")
+    skip_unless_case_host(host, testinfra_hosts, BAD_INPUT.index((extra_vars, message)))
     before = _fingerprint(host)
     result = run_playbook(host, "validate.yml", extra_vars=extra_vars, expect_fail=True)
     assert message in result.output, result.output[-3000:]

@@ -7,6 +7,7 @@ import os
 import pytest
 import testinfra.utils.ansible_runner
 from agentops_playbook import ansible_playbook
+from agentops_testlib import skip_unless_case_host
 
 from channels_helpers import (CANARIES, CHANNELS, DISCORD, NTFY, SMTP_STARTTLS, SMTP_TLS, detected_at, figure,
                               fingerprint, flush_runs, heartbeat_runs, now, received, set_mode)
@@ -127,11 +128,11 @@ def test_secrets_stay_out_of_journal_files_status_and_ansible_output(host):
         assert canary not in host.run("agentops status --json").stdout
         assert canary not in host.check_output(
             "find /etc/systemd/system -name 'agentops-*' -type f -exec cat {} +")
-    if host.backend.host != testinfra_hosts[0]:
-        return                              # the Ansible run below covers both hosts at once
-    rc, output, recaps = ansible_playbook("agentops_test", "converge.yml", check=True, diff=True, verbosity=3)
+    # Each host's own run: the hosts' tests run side by side (one pytest-xdist worker per host).
+    name = host.backend.host
+    rc, output, recaps = ansible_playbook(name, "converge.yml", check=True, diff=True, verbosity=3)
     assert rc == 0, output[-3000:]
-    assert sorted(recaps) == sorted(testinfra_hosts) and all(r["changed"] == 0 for r in recaps.values()), recaps
+    assert list(recaps) == [name] and recaps[name]["changed"] == 0, recaps
     for canary in CANARIES:
         assert canary not in output, canary
 
@@ -157,8 +158,7 @@ def _fingerprint(host):
 
 @pytest.mark.parametrize("channels, message", BAD_INPUT, ids=[c[0]["type"] for c, _m in BAD_INPUT])
 def test_bad_channel_input_is_rejected_before_any_change(host, run_playbook, channels, message):
-    if host.backend.host != testinfra_hosts[0]:
-        pytest.skip("validation runs on the controller: once is enough")
+    skip_unless_case_host(host, testinfra_hosts, BAD_INPUT.index((channels, message)))
     before = _fingerprint(host)
     result = run_playbook(host, "validate.yml", extra_vars={"agentops_alert_channels": channels}, expect_fail=True)
     assert message in result.output, result.output[-3000:]
