@@ -35,11 +35,12 @@ if [ -n "${AGENTOPS_MOLECULE_BASE_CONFIG:-}" ]; then
   tag=$(basename "${base_files[-1]}" .yml)-
 fi
 
-# Expected seconds per scenario (both images); unknown scenarios count as 300.
+# Expected seconds per scenario (both images, two lanes side by side, pipelining on, each host's tests in a
+# worker of its own where the scenario allows it); unknown scenarios count as 300.
 # default and agents run three platforms (Debian 11 too).
-declare -A WEIGHTS=([alerts]=600 [default]=600 [hostile]=400 [audit]=350 [watcher]=330 [channels]=330
-                    [token_rotation]=260 [journald]=200 [settings]=360 [agents]=450 [ssh]=240 [auth]=140
-                    [recovery]=350 [runtimes]=450 [scheduled]=250)
+declare -A WEIGHTS=([default]=350 [alerts]=330 [hostile]=330 [channels]=250 [settings]=250 [audit]=230
+                    [token_rotation]=220 [watcher]=200 [agents]=200 [recovery]=160 [scheduled]=140 [ssh]=130
+                    [runtimes]=110 [auth]=100 [journald]=100)
 
 # Leftovers of an interrupted run: containers named after the scenario, or Molecule state that
 # says they were created (create would then be skipped).
