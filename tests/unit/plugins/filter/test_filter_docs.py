@@ -1,0 +1,117 @@
+"""Documentation of the filter plugins: one plugins/filter/<name>.yml per filter, in step with the code.
+
+ansible-doc and Galaxy read a filter's documentation from the YAML file next to the plugin that has
+the filter's name. A filter added to ``FilterModule.filters()`` without such a file, a file without a
+filter, or an option that is not an argument of the function fails here.
+"""
+import inspect
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from ansible_collections.agentops.fleet.plugins.filter.agents import FilterModule
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..", ".."))
+FILTER_DIR = os.path.join(ROOT, "plugins", "filter")
+FILTERS = FilterModule().filters()
+NAMES = sorted(FILTERS)
+FQCN = "agentops.fleet.%s"
+
+
+def doc_files():
+    return sorted(name[:-len(".yml")] for name in os.listdir(FILTER_DIR) if name.endswith(".yml"))
+
+
+def load(name):
+    with open(os.path.join(FILTER_DIR, name + ".yml")) as handle:
+        return yaml.safe_load(handle)
+
+
+def arguments(name):
+    """The function's parameters after the first (the filtered value): name -> inspect.Parameter."""
+    params = list(inspect.signature(FILTERS[name]).parameters.values())
+    variadic = [p.name for p in params if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    assert not variadic, "filter %s takes *args/**kwargs (%s): document its arguments one by one" % (name, variadic)
+    assert params, "filter %s takes no argument" % name
+    return params[1:]
+
+
+def test_every_filter_has_a_doc_file_and_every_doc_file_a_filter():
+    files = set(doc_files())
+    assert set(NAMES) - files == set(), "filters without plugins/filter/<name>.yml"
+    assert files - set(NAMES) == set(), "plugins/filter/*.yml without a filter of that name"
+    assert len(NAMES) >= 23
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_doc_file_structure(name):
+    data = load(name)
+    assert sorted(data) == ["DOCUMENTATION", "EXAMPLES", "RETURN"], name
+    doc = data["DOCUMENTATION"]
+    assert doc["name"] == name
+    assert doc["version_added"] == "0.1.0"
+    assert isinstance(doc["short_description"], str) and doc["short_description"].strip()
+    assert isinstance(doc["description"], list) and all(isinstance(line, str) and line.strip() for line in doc["description"])
+    assert doc["author"], name
+    # Internal filters say so, and where the collection uses them.
+    assert "internal" in (doc["short_description"] + " ".join(doc["description"])).lower(), name
+    assert isinstance(data["EXAMPLES"], str) and FQCN % name in data["EXAMPLES"], \
+        "the EXAMPLES of %s do not use %s" % (name, FQCN % name)
+    value = data["RETURN"]["_value"]
+    assert value["description"] and value["type"] in ("str", "int", "bool", "list", "dict", "raw", "path"), name
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_options_are_the_function_arguments(name):
+    doc = load(name)["DOCUMENTATION"]
+    params = arguments(name)
+    options = doc["options"]
+    assert set(options) == set(["_input"] + [p.name for p in params]), \
+        "options of %s must be _input and the keyword arguments of its function" % name
+    assert [p.strip() for p in doc["positional"].split(",")] == ["_input"] + [p.name for p in params]
+    assert options["_input"].get("required") is True
+    for param in params:
+        option = options[param.name]
+        assert option.get("type") and option.get("description"), "%s: option %s" % (name, param.name)
+        if param.default is param.empty:
+            assert option.get("required") is True, "%s: %s has no default, so it is required" % (name, param.name)
+        else:
+            assert not option.get("required"), "%s: %s has a default, so it is not required" % (name, param.name)
+            assert option.get("default") == param.default, \
+                "%s: documented default of %s is %r, the function's is %r" % (name, param.name, option.get("default"),
+                                                                               param.default)
+    for option in options.values():
+        if option.get("type") == "list":
+            assert option.get("elements"), "%s: list options say their elements" % name
+
+
+@pytest.fixture(scope="module")
+def ansible_doc():
+    """`ansible-doc -t filter --json` of every filter, in one call, as the collection is installed for the tests."""
+    binary = os.path.join(os.path.dirname(sys.executable), "ansible-doc")
+    if not os.path.exists(binary):
+        binary = os.path.join(ROOT, ".venv", "bin", "ansible-doc")
+    assert os.path.exists(binary), "ansible-doc not found next to %s (run make venv)" % sys.executable
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(ROOT, ".cache", "collections"),
+               ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_NOCOLOR="1",
+               PATH=os.path.dirname(binary) + os.pathsep + os.environ.get("PATH", ""))
+    proc = subprocess.run([binary, "-t", "filter", "--json"] + [FQCN % name for name in NAMES], cwd=ROOT, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "WARNING" not in proc.stderr and "ERROR" not in proc.stderr, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_ansible_doc_renders_every_filter(ansible_doc):
+    assert sorted(ansible_doc) == sorted(FQCN % name for name in NAMES)
+    for name in NAMES:
+        entry = ansible_doc[FQCN % name]
+        assert entry["doc"]["name"] == name
+        assert entry["doc"]["collection"] == "agentops.fleet"
+        assert set(entry["doc"]["options"]) == set(["_input"] + [p.name for p in arguments(name)])
+        assert FQCN % name in entry["examples"]
+        assert "_value" in entry["return"]
