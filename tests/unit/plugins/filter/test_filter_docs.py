@@ -12,6 +12,7 @@ import sys
 
 import pytest
 import yaml
+from antsibull_docs_parser import dom, parser
 
 from ansible_collections.agentops.fleet.plugins.filter.agents import FilterModule
 
@@ -55,7 +56,8 @@ def test_doc_file_structure(name):
     assert doc["name"] == name
     assert doc["version_added"] == "0.1.0"
     assert isinstance(doc["short_description"], str) and doc["short_description"].strip()
-    assert isinstance(doc["description"], list) and all(isinstance(line, str) and line.strip() for line in doc["description"])
+    assert isinstance(doc["description"], list)
+    assert all(isinstance(line, str) and line.strip() for line in doc["description"]), name
     assert doc["author"], name
     # Internal filters say so, and where the collection uses them.
     assert "internal" in (doc["short_description"] + " ".join(doc["description"])).lower(), name
@@ -87,6 +89,53 @@ def test_options_are_the_function_arguments(name):
     for option in options.values():
         if option.get("type") == "list":
             assert option.get("elements"), "%s: list options say their elements" % name
+
+
+def descriptions(node):
+    """Every description text of a DOCUMENTATION or RETURN tree."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("description", "short_description"):
+                for text in value if isinstance(value, list) else [value]:
+                    yield text
+            elif isinstance(value, (dict, list)):
+                for text in descriptions(value):
+                    yield text
+    elif isinstance(node, list):
+        for item in node:
+            for text in descriptions(item):
+                yield text
+
+
+def module_exists(fqcn):
+    namespace, collection, name = fqcn.split(".")
+    if (namespace, collection) == ("ansible", "builtin"):
+        return True
+    return (namespace, collection) == ("agentops", "fleet") and \
+        os.path.exists(os.path.join(ROOT, "plugins", "modules", name + ".py"))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_markup_and_references(name):
+    """The Ansible markup (C(), O(), P(), M() ...) parses, and names only options, filters and modules that exist."""
+    data = load(name)
+    options = set(data["DOCUMENTATION"]["options"])
+    for text in descriptions([data["DOCUMENTATION"], data["RETURN"]]):
+        assert isinstance(text, str), "%s: %r" % (name, text)
+        for paragraph in parser.parse(text, parser.Context(), errors="message", strict=True):
+            for part in paragraph:
+                assert not isinstance(part, dom.ErrorPart), "%s: %s in %r" % (name, part.message, text)
+                if isinstance(part, dom.OptionNamePart) and part.plugin is None:
+                    assert part.name in options, "%s: O(%s) is not one of its options" % (name, part.name)
+                if isinstance(part, dom.PluginPart):
+                    assert part.plugin.type == "filter" and part.plugin.fqcn in [FQCN % n for n in NAMES], text
+                if isinstance(part, dom.ModulePart):
+                    assert module_exists(part.fqcn), "%s: M(%s) does not exist" % (name, part.fqcn)
+    for entry in data["DOCUMENTATION"].get("seealso") or []:
+        if "module" in entry:
+            assert module_exists(entry["module"]), "%s: seealso module %s" % (name, entry["module"])
+        else:
+            assert entry["plugin_type"] == "filter" and entry["plugin"] in [FQCN % n for n in NAMES if n != name], entry
 
 
 @pytest.fixture(scope="module")
