@@ -27,7 +27,7 @@ RELEASES="2.19 2.20 2.21"
 # The Molecule part runs under the floor and the newest release only.
 MOLECULE_RELEASES="2.19 2.21"
 # Top-level packages of each venv (versions come from the constraints file).
-BASE_PACKAGES=(ansible-core pytest hypothesis prometheus-client PyYAML)
+BASE_PACKAGES=(ansible-core pytest hypothesis prometheus-client PyYAML antsibull-docs-parser)
 # `ansible` (the package of the matching major) carries community.docker for Molecule's docker driver.
 MOLECULE_PACKAGES=(ansible molecule "molecule-plugins[docker]" docker pytest-testinfra pytest-xdist)
 
