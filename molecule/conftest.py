@@ -52,7 +52,6 @@ def wait_for_fixture():
     return wait_for
 
 
-
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
     """One pytest-xdist worker per host, for scenarios that ask for it (verifier options `n` and
