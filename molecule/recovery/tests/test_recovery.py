@@ -11,7 +11,6 @@ import json
 import os
 
 import agentops_testlib
-import pytest
 import testinfra.utils.ansible_runner
 
 testinfra_hosts = testinfra.utils.ansible_runner.AnsibleRunner(
@@ -230,8 +229,7 @@ BAD_MESSAGES = [
 
 
 def test_60_bad_recovery_input_is_rejected_before_any_change(host, run_playbook):
-    if host.backend.host != testinfra_hosts[0]:
-        pytest.skip("validation runs on the controller: once is enough")
+    agentops_testlib.skip_unless_case_host(host, testinfra_hosts, 0)
     before = etc_snapshot(host)
     result = run_playbook(host, os.path.join(HERE, "..", "converge.yml"),
                           extra_vars={"agentops_agents": BAD_AGENTS}, expect_fail=True)
