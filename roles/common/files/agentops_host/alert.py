@@ -2029,13 +2029,20 @@ def failure_report(unit, props=None):
     restarts = props.get("NRestarts") or "0"
     since = props.get("InactiveEnterTimestamp") or props.get("StateChangeTimestamp") or "unknown"
     final = props.get("ActiveState") in ("failed", "inactive", None)
-    if final:
+    meaning = RESULT_MEANING.get(result)
+    if final and result == "success":
+        # OnFailure= also fires when a start job fails because a unit it requires failed: the unit itself
+        # did not run (an agent on systemd 247 whose session-start auth check, agentops-auth@, failed)
+        title = "%s did not start: a unit it requires failed (NRestarts=%s)" % (unit, restarts)
+        meaning = ("the unit itself did not fail: a unit it requires (Requires=) failed to start, such as "
+                   "agentops-auth@<agent>.service, the session-start auth check of an agent on systemd 247")
+    elif final:
         title = "%s failed (Result=%s, NRestarts=%s)" % (unit, result, restarts)
     else:
         title = "%s crashed and is being restarted by Restart= (NRestarts=%s)" % (unit, restarts)
     body = "\n".join([
         "Unit: %s" % unit,
-        "Result: %s%s" % (result, (" (%s)" % RESULT_MEANING[result]) if result in RESULT_MEANING else ""),
+        "Result: %s%s" % (result, (" (%s)" % meaning) if meaning else ""),
         "NRestarts: %s" % restarts,
         "State: %s/%s" % (props.get("ActiveState", "?"), props.get("SubState", "?")),
         "Failed since: %s" % since,
