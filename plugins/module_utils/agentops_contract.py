@@ -466,6 +466,7 @@ PATHS = {
     "config": "/etc/agentops",
     "state": "/var/lib/agentops",
     "spool": "/var/spool/agentops",
+    "runtime": "/run/agentops",
     "units": "/etc/systemd/system",
     "rotation_cron": "/etc/cron.d/agentops-token-rotation",
 }

@@ -19,7 +19,8 @@ description:
     explicit C(RestartSec=); for a scheduled agent of C(agents.d), a one-shot run, its C(agentops-<name>.timer)
     loaded, active and enabled instead - such an agent inactive between runs is no finding, a missing, stopped
     or disabled timer is), C(auth_at_start) (C(ExecStartPre=) runs C(check-auth) for every agent that holds a
-    credential or has auth checks), C(rotation_schedule) (C(/etc/cron.d/agentops-token-rotation) and
+    credential or has auth checks; on systemd 247 the unit has C(Requires=) and C(After=) on
+    C(agentops-auth@<name>.service), which runs it), C(rotation_schedule) (C(/etc/cron.d/agentops-token-rotation) and
     C(agentops rotate --list) cover every credential, or no agent holds one), C(heartbeat) (an active
     C(agentops-heartbeat*.timer)), C(log_retention) (the merged journald configuration sets C(SystemMaxUse=) and
     C(MaxRetentionSec=) and stores the journal persistently), C(workstate_protocol) (every agent's C(AGENTS.md)
@@ -196,7 +197,7 @@ ITEMS = (
 )
 
 SHOW_PROPERTIES = ("Id", "LoadState", "ActiveState", "SubState", "KillMode", "Restart", "RestartUSec", "OnFailure",
-                   "ExecStartPre", "WorkingDirectory")
+                   "ExecStartPre", "Requires", "After", "WorkingDirectory")
 HELPER_UNITS = ("agentops-alert-flush.service", "agentops-heartbeat.service")
 HELPER_PREFIXES = ("agentops-heartbeat-",)
 # The channel types the alert path delivers to (the inventory contract's list).
@@ -469,10 +470,21 @@ def _check_auth(agent):
     if not agent.get("auth_checks") and agent.get("source") == "agents.d":
         return "%s: holds credential(s) %s but has no auth_checks, nothing validates them at start" % (
             agent["unit"], ", ".join(agent.get("credentials") or []))
-    if "check-auth" not in pre:
-        return "%s: holds credential(s) %s but no ExecStartPre runs check-auth" % (
-            agent["unit"], ", ".join(agent.get("credentials") or []) or "(auth checks)")
+    if "check-auth" not in pre and not _has_auth_gate(agent):
+        return "%s: holds credential(s) %s but no ExecStartPre runs check-auth (nor does it require %s)" % (
+            agent["unit"], ", ".join(agent.get("credentials") or []) or "(auth checks)", _auth_gate(agent))
     return None
+
+
+def _auth_gate(agent):
+    return "agentops-auth@%s.service" % agent_name(agent["unit"])
+
+
+def _has_auth_gate(agent):
+    """systemd 247: the unit requires, and is ordered after, the one-shot that runs check-auth before it."""
+    gate = _auth_gate(agent)
+    props = agent["props"]
+    return gate in props.get("Requires", "").split() and gate in props.get("After", "").split()
 
 
 def _check_on_failure(agent):

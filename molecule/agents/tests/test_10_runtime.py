@@ -5,6 +5,7 @@ import os
 import re
 import time
 
+import pytest
 import testinfra.utils.ansible_runner
 
 from agents_helpers import prop
@@ -13,7 +14,8 @@ testinfra_hosts = testinfra.utils.ansible_runner.AnsibleRunner(
     os.environ["MOLECULE_INVENTORY_FILE"]).get_hosts("agentops_test")
 
 CANARY = "canary-5d41c7b2-never-print-me"
-RUNNING = ("net", "forker", "alpha", "beta", "gamma", "retiree")
+ENVY_CANARY = "canary-envy-core-7c1e-never-dumped"   # envy's credential, delivered in its environment
+RUNNING = ("net", "forker", "alpha", "beta", "gamma", "retiree", "envy")
 STOPPED = ("crasher", "authy")
 
 
@@ -74,14 +76,97 @@ def test_directives_follow_the_systemd_version(host):
 
 def test_auth_checks_run_before_every_start(host):
     version = systemd_version(host)
+    gate = "agentops-auth@authy.service"
+    template = host.file("/etc/systemd/system/agentops-auth@.service")
+    assert template.user == "root" and template.mode == 0o644
+    assert "ExecStart=/usr/local/bin/agentops check-auth --unless-running %i" in template.content_string
     if version >= 248:
         assert "ExecStartPre=+/usr/local/bin/agentops check-auth authy\n" in unit_text(host, "authy")
+        assert gate not in prop(host, "agentops-authy.service", "Requires").split()
     else:
-        # systemd 247 cannot run an ExecStartPre= beside LoadCredential= in a sandboxed unit (226/NAMESPACE)
+        # systemd 247 cannot run an ExecStartPre= beside LoadCredential= in a sandboxed unit (226/NAMESPACE):
+        # the unit requires the root one-shot that runs the same check, and starts after it
         assert "\nExecStartPre=" not in unit_text(host, "authy")
-        assert "# auth_checks at session start: systemd %d cannot run" % version in unit_text(host, "authy")
+        assert gate in prop(host, "agentops-authy.service", "Requires").split()
+        assert gate in prop(host, "agentops-authy.service", "After").split()
+        assert prop(host, gate, "LoadState") == "loaded" and prop(host, gate, "User") == ""
     for name in RUNNING:
         assert "ExecStartPre" not in unit_text(host, name)
+        assert "agentops-auth@" not in unit_text(host, name)
+
+
+def _shm_record(host, name):
+    text = host.run("cat /var/lib/agentops/%s/shm.json", name).stdout.strip()
+    return json.loads(text) if text else None
+
+
+def test_every_sandboxed_agent_has_its_own_dev_shm(host):
+    """alpha (standard) and beta (strict) use POSIX shared memory and put a file into /dev/shm; each lists
+    /dev/shm every second (sleeper.py --shm). Neither sees the other's, nor does the host."""
+    records = {}
+
+    def both_listed_after_both_were_ready():
+        for name in ("alpha", "beta"):
+            records[name] = _shm_record(host, name)
+        if not all(records.values()):
+            return False
+        ready = max(r["ready"] for r in records.values())
+        return all(r["time"] > ready + 1 for r in records.values())
+
+    wait_until(both_listed_after_both_were_ready, 60, message="alpha and beta listed /dev/shm after both wrote to it")
+    for name, record in records.items():
+        # shm_open works inside the agent: a child process attached the segment by name and read it back
+        assert record["read_back"] == record["marker"] and record["marker"].startswith("shm-%s-" % name), record
+        assert record["segment"] in record["sees"] and "agentops-test-file-%s" % name in record["sees"], record
+        other = "beta" if name == "alpha" else "alpha"
+        assert not [entry for entry in record["sees"] if other in entry], (name, record["sees"])
+    assert not [entry for entry in host.check_output("ls -A /dev/shm").split() if entry.startswith("agentops-test")]
+    for name in ("alpha", "beta"):
+        pid = prop(host, "agentops-%s.service" % name, "MainPID")
+        mount = host.check_output("grep ' /dev/shm ' /proc/%s/mountinfo", pid)
+        assert " - tmpfs tmpfs " in mount and "nosuid,nodev,noexec" in mount, mount
+
+
+def _envy_pid(host):
+    unit = "agentops-envy.service"
+    return wait_until(lambda: prop(host, unit, "ActiveState") == "active" and prop(host, unit, "MainPID") != "0"
+                      and prop(host, unit, "MainPID"), 60, message="envy running")
+
+
+def test_credentials_in_the_environment_mean_no_core_dump(host):
+    """envy gets its credential in the environment (credentials_env) and raises its soft core limit to the
+    hard one at start (sleeper.py --raise-core-limit): the hard limit is 1 byte, which allows no core file
+    and makes the kernel refuse to hand the crash to a core_pattern pipe (systemd-coredump)."""
+    unit = "agentops-envy.service"
+    assert "LimitCORE=1" in unit_text(host, "envy").splitlines()
+    assert prop(host, unit, "LimitCORE") == "1" and prop(host, unit, "LimitCORESoft") == "1"
+    assert "LimitCORE" not in unit_text(host, "net")   # its credential is a file ($CREDENTIALS_DIRECTORY)
+    pid = _envy_pid(host)
+    # the credential is in the agent's environment: a core dump or systemd-coredump's record would hold it
+    assert "ENVY_TOKEN=" + ENVY_CANARY in host.check_output("tr '\\0' '\\n' < /proc/%s/environ", pid).split("\n")
+    assert wait_until(lambda: host.run("cat /var/lib/agentops/envy/rlimit-core").stdout.strip(), 30,
+                      message="envy raised its core limit") == "1 1"
+    limit = host.check_output("grep 'Max core file size' /proc/%s/limits", pid).split()
+    assert limit[4:7] == ["1", "1", "bytes"], limit
+
+
+def test_a_crash_of_an_agent_with_credentials_in_its_environment_dumps_nothing(host):
+    pattern = host.check_output("cat /proc/sys/kernel/core_pattern").strip()
+    if pattern.startswith(("|", "@")):
+        pytest.skip("kernel.core_pattern belongs to the host and hands dumps to a program there (%s): on a "
+                    "regression the crash would give it the canary, so the crash only runs under a file "
+                    "pattern; the limit itself is asserted by the test above" % pattern)
+    unit = "agentops-envy.service"
+    pid = _envy_pid(host)
+    since = int(host.check_output("date +%s")) - 1
+    host.run_test("kill -SEGV %s", pid)
+    exited = wait_until(lambda: [line for line in host.check_output(
+        "journalctl --no-pager -o cat -u %s --since @%s", unit, str(since)).splitlines() if "Main process exited" in line],
+        30, message="envy's crash in the journal")
+    assert "code=killed, status=11/SEGV" in exited[0] and "code=dumped" not in exited[0], exited
+    wait_until(lambda: _envy_pid(host) != pid, 30, message="envy restarted")
+    assert host.run("find /var/lib/agentops/envy -name 'core*'").stdout.strip() == ""
+    assert host.run("grep -r -l -s -F %s /var/lib/agentops/envy", ENVY_CANARY).stdout.strip() == ""
 
 
 def test_users_directories_and_agent_documents(host):

@@ -77,17 +77,20 @@ def systemd_version(host):
 
 def test_auth_checked_at_session_start(host):
     # systemd 247 (Debian 11) cannot run an ExecStartPre= beside LoadCredential= in a sandboxed unit
-    # (fixed in 248): the unit says so instead, and the check runs at deploy and from the heartbeat.
-    at_start = systemd_version(host) >= 248
+    # (fixed in 248): there the unit requires the root one-shot agentops-auth@<name>.service, which runs
+    # the same check before every start.
+    pre_start = systemd_version(host) >= 248
     for name in agents_of(host):
         pre = host.check_output("systemctl show -p ExecStartPre agentops-%s.service", name)
+        requires = host.check_output("systemctl show -p Requires --value agentops-%s.service", name).split()
+        gate = "agentops-auth@%s.service" % name
         if name == "digest":
-            assert "check-auth" not in pre
+            assert "check-auth" not in pre and gate not in requires
             continue
-        assert ("check-auth %s" % name in pre) == at_start, pre
-        if not at_start:
-            unit = host.file("/etc/systemd/system/agentops-%s.service" % name).content_string
-            assert "# auth_checks at session start: systemd %d cannot run" % systemd_version(host) in unit
+        assert ("check-auth %s" % name in pre) == pre_start, pre
+        assert (gate in requires) == (not pre_start), requires
+        if not pre_start:
+            assert host.check_output("systemctl show -p Result --value %s", gate) == "success"
         assert host.run("agentops check-auth %s", name).rc == 0
 
 

@@ -310,6 +310,16 @@ def test_failure_report_says_what_the_result_means(result, meaning):
     assert line.startswith("Result: %s (" % result) and meaning in line
 
 
+def test_failure_report_of_a_start_that_a_failed_dependency_stopped():
+    """systemd 247: the agent's session-start auth check (agentops-auth@) failed, so its start job failed and
+    OnFailure= fired, while the unit itself kept Result=success from its last run."""
+    props = {"Result": "success", "NRestarts": "0", "ActiveState": "inactive", "SubState": "dead"}
+    final, title, body = alert.failure_report("agentops-mailer.service", props)
+    assert final and title == "agentops-mailer.service did not start: a unit it requires failed (NRestarts=0)"
+    assert "Result: success (the unit itself did not fail: a unit it requires (Requires=) failed to start" in body
+    assert "agentops-auth@<agent>.service" in body
+
+
 def test_failure_report_of_an_unknown_result_is_plain():
     _final, _title, body = alert.failure_report("agentops-x.service", {"Result": "weird", "ActiveState": "failed"})
     assert "\nResult: weird\n" in body

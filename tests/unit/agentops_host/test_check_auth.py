@@ -358,3 +358,15 @@ def test_timeout_comes_from_auth_json(host, capsys, api):
         gate.set()
         slow.shutdown()
         slow.server_close()
+
+
+def test_unless_running_decides_on_the_main_pid_only():
+    """agentops-auth@<agent>.service (systemd 247): a start request for a running session checks nothing."""
+    assert check_auth.running_session({"MainPID": "4242", "ActiveState": "active"}) == 4242
+    assert check_auth.running_session({"MainPID": "977", "ActiveState": "activating", "SubState": "start"}) == 977
+    for props in ({"MainPID": "0", "ActiveState": "inactive"}, {"MainPID": "0", "ActiveState": "activating",
+                                                                  "SubState": "auto-restart"},
+                  {}, {"MainPID": "x"}, {"MainPID": "-1"}):
+        assert check_auth.running_session(props) is None, props  # unknown or not running: the checks run
+    args = cli.build_parser().parse_args(["check-auth", "--unless-running", "mail-triage"])
+    assert args.unless_running and args.agent == "mail-triage" and args.func is check_auth.run

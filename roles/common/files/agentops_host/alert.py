@@ -53,6 +53,15 @@ alerts through :func:`emit` and clears them through :func:`resolve`.
   folder requeues it. One warning ``host/alert-dead-letter:<channel>`` (de-duplicated) goes
   through the other channels and is resolved once that dead-letter folder is empty.
   :func:`dead_letter_count` and :func:`dead_letter_summary` feed ``agentops status``.
+* A full or broken ``/var`` never stops an alert. The alert-key state (``<state_dir>/.alerts``) is
+  only bookkeeping: when it cannot be written (ENOSPC, EROFS, EIO, ...) the failure is logged and the
+  key's record goes to ``<runtime_dir>/alerts`` (``/run/agentops``, a tmpfs in memory) instead, so
+  de-duplication keeps working until the next reboot; the next write that ``/var`` takes again moves
+  the record back. When neither can be written the alert is delivered anyway, every time it is
+  raised, and each send logs that duplicates are possible: a repeated message beats a lost one. A
+  message a channel did not take goes to ``<runtime_dir>/spool/alerts/<channel>/`` when the spool
+  cannot be written; ``agentops flush`` moves it back into the spool once there is room and delivers
+  it from either place. When no place takes it, its text is written to the journal (stderr).
 * Every attempt and outcome is written to stderr (the journal under systemd). Secrets (bot
   tokens, webhook URLs, header values, tokens, passwords) are scrubbed from every line and
   never part of an error; a library's error text (which can hold a URL) is never echoed,
@@ -246,8 +255,35 @@ def _dead_root(args):
     return os.path.join(_spool_root(args), ".dead")
 
 
+def _key_name(key):
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:32] + ".json"
+
+
 def _key_file(args, key):
-    return os.path.join(_alerts_state_dir(args), hashlib.sha256(key.encode("utf-8")).hexdigest()[:32] + ".json")
+    return os.path.join(_alerts_state_dir(args), _key_name(key))
+
+
+def _runtime_root(args):
+    """The fallback root in memory (``--runtime-dir``, /run/agentops), or None (no fallback)."""
+    root = getattr(args, "runtime_dir", None)
+    return root or None
+
+
+def _fallback_state_dir(args):
+    root = _runtime_root(args)
+    return os.path.join(root, "alerts") if root else None
+
+
+def _fallback_spool_root(args):
+    root = _runtime_root(args)
+    return os.path.join(root, "spool", "alerts") if root else None
+
+
+def _oserror(exc):
+    """A short, secret-free description of an OSError (errno name and text)."""
+    name = errno.errorcode.get(getattr(exc, "errno", None) or 0)
+    text = getattr(exc, "strerror", None) or type(exc).__name__
+    return "%s: %s" % (name, text) if name else text
 
 
 def load_config(args):
@@ -331,19 +367,143 @@ def _float(value, default=0.0):
 
 
 # --------------------------------------------------------------------------- open alerts
-def open_alerts(args, agent=None):
-    """Open (firing) alerts, optionally only those of one agent."""
-    directory = _alerts_state_dir(args)
+def _record_dirs(args):
+    return [d for d in (_alerts_state_dir(args), _fallback_state_dir(args)) if d]
+
+
+def _read_record(path):
+    """A key record (dict) or None; an unreadable file (EIO, ...) is logged and counts as absent."""
     try:
-        names = sorted(os.listdir(directory))
-    except FileNotFoundError:
-        return []
-    found = []
-    for name in names:
-        if not name.endswith(".json") or name.startswith("."):
+        data = state.read_json(path)
+    except OSError as exc:
+        log("alert state %s cannot be read (%s)" % (path, _oserror(exc)))
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _newer(first, second):
+    """The newer of two key records (by ``saved_at``; a record without it is the oldest)."""
+    if first is None or second is None:
+        return first if second is None else second
+    return second if _float(second.get("saved_at")) > _float(first.get("saved_at")) else first
+
+
+def _load_key(args, key):
+    """The key's current record, from the state directory or its fallback in memory (the newer one);
+    None when the key is not open (no record, or a ``closed`` marker left by a resolve)."""
+    record = None
+    for directory in _record_dirs(args):
+        record = _newer(record, _read_record(os.path.join(directory, _key_name(key))))
+    if record is None or record.get("closed"):
+        return None
+    return record
+
+
+def _save_key(args, key, record):
+    """Write the key's record; returns where it went (``state``, ``memory``) or None.
+
+    A state directory that cannot be written is logged, and the record goes to the fallback in memory;
+    a record written to the state directory again removes the copy in memory.
+    """
+    record = dict(record, saved_at=time.time())
+    fallback = _fallback_state_dir(args)
+    try:
+        state.write_json(_key_file(args, key), record)
+    except OSError as exc:
+        problem = _oserror(exc)
+    else:
+        if fallback:
+            with contextlib.suppress(OSError):
+                state.remove(os.path.join(fallback, _key_name(key)))
+        return "state"
+    if fallback:
+        try:
+            state.write_json(os.path.join(fallback, _key_name(key)), record)
+        except OSError as exc:
+            log("alert state of key=%s cannot be written to %s (%s) nor to %s (%s): it is sent anyway, and sent "
+                "again each time it is raised (duplicates are possible)" % (
+                    key, _alerts_state_dir(args), problem, fallback, _oserror(exc)))
+            return None
+        log("alert state of key=%s cannot be written to %s (%s): kept in %s (memory) until it can"
+            % (key, _alerts_state_dir(args), problem, fallback))
+        return "memory"
+    log("alert state of key=%s cannot be written to %s (%s): it is sent anyway, and sent again each time it is "
+        "raised (duplicates are possible)" % (key, _alerts_state_dir(args), problem))
+    return None
+
+
+def _drop_key(args, key):
+    """Close the key: remove its records; where the state directory cannot be changed, a ``closed`` marker
+    in memory says so (else the next resolve would send ``resolved`` again)."""
+    fallback = _fallback_state_dir(args)
+    try:
+        state.remove(_key_file(args, key))
+    except OSError as exc:
+        problem = _oserror(exc)
+        if fallback:
+            try:
+                state.write_json(os.path.join(fallback, _key_name(key)),
+                                 {"key": key, "closed": True, "saved_at": time.time()})
+                log("alert state of key=%s cannot be removed from %s (%s): closed in %s (memory)"
+                    % (key, _alerts_state_dir(args), problem, fallback))
+                return
+            except OSError as exc2:
+                problem = "%s; %s: %s" % (problem, fallback, _oserror(exc2))
+        log("alert state of key=%s cannot be removed (%s): the key stays open, a later resolve may send "
+            "'resolved' again" % (key, problem))
+        return
+    if fallback:
+        with contextlib.suppress(OSError):
+            state.remove(os.path.join(fallback, _key_name(key)))
+
+
+@contextlib.contextmanager
+def _lock_first(paths):
+    """Hold an exclusive flock on the first of ``paths`` that can be opened (created 0600); yields that
+    path, or None when none can (a full or read-only disk): the caller goes on unlocked, logged."""
+    fd, held, problems = None, None, []
+    for path in paths:
+        try:
+            state.ensure_dir(os.path.dirname(path))
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+        except OSError as exc:
+            problems.append("%s: %s" % (path, _oserror(exc)))
             continue
-        data = state.read_json(os.path.join(directory, name))
-        if not isinstance(data, dict):
+        held = path
+        break
+    if fd is None:
+        log("no lock file can be opened (%s): going on without the lock" % "; ".join(problems))
+        yield None
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield held
+    finally:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _state_lock(args):
+    return _lock_first([os.path.join(d, ".lock") for d in _record_dirs(args)])
+
+
+def open_alerts(args, agent=None):
+    """Open (firing) alerts, optionally only those of one agent (the state directory and its fallback
+    in memory, the newer record of a key winning)."""
+    records = {}
+    for directory in _record_dirs(args):
+        try:
+            names = sorted(os.listdir(directory))
+        except OSError:
+            continue
+        for name in names:
+            if not name.endswith(".json") or name.startswith("."):
+                continue
+            records[name] = _newer(records.get(name), _read_record(os.path.join(directory, name)))
+    found = []
+    for data in records.values():
+        if data is None or data.get("closed"):
             continue
         if agent is not None and not belongs_to(data, agent):
             continue
@@ -360,7 +520,7 @@ def belongs_to(item, agent):
 
 
 def is_open(args, key):
-    return state.read_json(_key_file(args, key)) is not None
+    return _load_key(args, key) is not None
 
 
 # --------------------------------------------------------------------------- messages
@@ -1387,10 +1547,32 @@ def spool(args, channel, index, msg, exc, now=None):
     """
     now = time.time() if now is None else now
     entry = record_failure(new_entry(channel, msg, now), exc, now)
-    path = os.path.join(_spool_root(args), channel_id(channel), _spool_name(msg))
-    state.write_json(path, entry)
+    name = _spool_name(msg)
+    path = os.path.join(_spool_root(args), channel_id(channel), name)
+    try:
+        state.write_json(path, entry)
+    except OSError as error:
+        fallback = _fallback_spool_root(args)
+        if not fallback:
+            raise
+        problem = _oserror(error)
+        path = os.path.join(fallback, channel_id(channel), name)
+        try:
+            state.write_json(path, entry)
+        except OSError as error2:
+            raise OSError(getattr(error2, "errno", None) or errno.EIO, "the spool %s (%s) and %s (%s) cannot be "
+                          "written" % (_spool_root(args), problem, fallback, _oserror(error2)))
+        log("the spool %s cannot be written (%s): %s key=%s for %s kept in %s (memory) until it can (%s)"
+            % (_spool_root(args), problem, msg.get("severity"), msg.get("key"), channel_label(index, channel),
+               fallback, exc))
+        return path
     log("spooled %s key=%s for %s (%s)" % (msg.get("severity"), msg.get("key"), channel_label(index, channel), exc))
     return path
+
+
+def _in_fallback(args, path):
+    fallback = _fallback_spool_root(args)
+    return bool(fallback) and path.startswith(fallback + os.sep)
 
 
 def _merge(into, records):
@@ -1438,14 +1620,26 @@ def _deliver(args, cfg, msg, exclude=()):
                 continue
             log("delivery of key=%s to %s failed: %s" % (msg.get("key"), label, exc))
             now = time.time()
-            path = spool(args, channel, index, msg, exc, now)
+            try:
+                path = spool(args, channel, index, msg, exc, now)
+            except OSError as error:
+                handled = False
+                log("could not deliver or spool key=%s for %s (%s); the message, so that it is not lost:\n%s"
+                    % (msg.get("key"), label, _oserror(error), excerpt(plain_text(msg), 4000)))
+                continue
             taken += 1
-            if exc.kind == PERMANENT and opts["permanent_failures"] <= 1:
-                _merge(moved, [move_to_dead_letter(args, folder, path, _read_entry(path) or {}, (
-                    "permanent failure answered %d time(s) in a row: %s" % (1, exc)), now)])
-            with _try_lock(os.path.join(_spool_root(args), ".flush.lock")) as free:
-                if free:                # else the running flush enforces the cap when it ends
-                    _merge(moved, enforce_spool_cap(args, folder, opts["spool_max"], now))
+            if _in_fallback(args, path):
+                continue                # the spool on disk is full: no dead-letter move, no cap work now
+            try:
+                if exc.kind == PERMANENT and opts["permanent_failures"] <= 1:
+                    _merge(moved, [move_to_dead_letter(args, folder, path, _read_entry(path) or {}, (
+                        "permanent failure answered %d time(s) in a row: %s" % (1, exc)), now)])
+                with _try_lock(os.path.join(_spool_root(args), ".flush.lock")) as free:
+                    if free:            # else the running flush enforces the cap when it ends
+                        _merge(moved, enforce_spool_cap(args, folder, opts["spool_max"], now))
+            except OSError as error:    # spooled: the next flush does this work
+                log("spooled key=%s for %s, but the spool cannot be tidied now: %s"
+                    % (msg.get("key"), label, _oserror(error)))
         except Exception as exc:  # pylint: disable=broad-except
             handled = False
             log("could not deliver or spool key=%s for %s: %s" % (msg.get("key"), label, describe_exception(exc)))
@@ -1501,9 +1695,7 @@ def _resolve_cleared_dead_letters(args, channels):
 def _flush_channel(args, cfg, opts, folder, index, channel, clock, budget_end, result):
     """One channel's pass over its spool, oldest first (runs in its own thread)."""
     label = channel_label(index, channel)
-    directory = os.path.join(_spool_root(args), folder)
-    for name in _names(directory):
-        path = os.path.join(directory, name)
+    for name, path in _spooled(args, folder):
         try:
             now = clock()
             entry = _read_entry(path)
@@ -1567,15 +1759,61 @@ class _FlushResult:
             _merge(self.moved, records)
 
 
+def _spooled(args, folder):
+    """[(name, path)] of one channel's spooled messages, oldest first: the spool and its fallback in memory."""
+    found = []
+    for root in (_spool_root(args), _fallback_spool_root(args)):
+        if root:
+            directory = os.path.join(root, folder)
+            found += [(name, os.path.join(directory, name)) for name in _names(directory)]
+    return sorted(found)
+
+
+def _spool_folders(args):
+    folders = set(_folders(_spool_root(args)))
+    if _fallback_spool_root(args):
+        folders.update(_folders(_fallback_spool_root(args)))
+    return sorted(folders)
+
+
+def adopt_fallback_spool(args):
+    """Move messages kept in memory (the spool could not be written) back into the spool, where it
+    has room again; returns how many moved. A message that still does not fit stays where it is."""
+    fallback = _fallback_spool_root(args)
+    moved = 0
+    if not fallback:
+        return moved
+    for folder in _folders(fallback):
+        for name in _names(os.path.join(fallback, folder)):
+            source = os.path.join(fallback, folder, name)
+            entry = _read_entry(source)
+            if entry is None:
+                continue
+            try:
+                state.write_json(os.path.join(_spool_root(args), folder, name), entry)
+            except OSError as exc:
+                log("the spool %s still cannot be written (%s): %d message(s) stay in %s"
+                    % (_spool_root(args), _oserror(exc), len(_names(os.path.join(fallback, folder))), fallback))
+                return moved
+            state.remove(source)
+            moved += 1
+    if moved:
+        log("moved %d message(s) from %s (memory) back into the spool %s" % (moved, fallback, _spool_root(args)))
+    return moved
+
+
 def flush(args, cfg=None, now=None):
     """Deliver the spool, oldest first per channel, each channel in its own thread; return (delivered, remaining).
 
-    ``now`` (epoch seconds) replaces the clock for due times and ages (tests, replays).
+    ``now`` (epoch seconds) replaces the clock for due times and ages (tests, replays). Messages kept in
+    memory because the spool could not be written are moved back first, and delivered from memory
+    while they cannot be.
     """
     cfg = cfg or load_config(args)
     opts = settings(cfg)
     root = _spool_root(args)
-    state.ensure_dir(root)
+    with contextlib.suppress(OSError):
+        state.ensure_dir(root)
     channels = {}
     for index, channel in enumerate(_channels(cfg)):
         if isinstance(channel, dict):
@@ -1583,12 +1821,18 @@ def flush(args, cfg=None, now=None):
     clock = (lambda: now) if now is not None else time.time
     result = _FlushResult()
     budget_end = time.monotonic() + FLUSH_BUDGET
-    with state.locked(os.path.join(root, ".flush.lock")):
+    fallback = _fallback_spool_root(args)
+    with _lock_first([os.path.join(root, ".flush.lock")] + ([os.path.join(fallback, ".flush.lock")] if fallback
+                                                             else [])):
+        adopt_fallback_spool(args)
         for folder in _folders(root):
-            result.add_moved(enforce_spool_cap(args, folder, opts["spool_max"], clock()))
+            try:
+                result.add_moved(enforce_spool_cap(args, folder, opts["spool_max"], clock()))
+            except OSError as exc:
+                log("the spool cap of %s cannot be enforced now: %s" % (folder, _oserror(exc)))
         workers = []
-        for folder in _folders(root):
-            names = _names(os.path.join(root, folder))
+        for folder in _spool_folders(args):
+            names = _spooled(args, folder)
             if not names:
                 continue
             if folder not in channels:
@@ -1604,7 +1848,10 @@ def flush(args, cfg=None, now=None):
         for worker in workers:
             worker.join()
         for folder in _folders(root):
-            result.add_moved(enforce_spool_cap(args, folder, opts["spool_max"], clock()))
+            try:
+                result.add_moved(enforce_spool_cap(args, folder, opts["spool_max"], clock()))
+            except OSError as exc:
+                log("the spool cap of %s cannot be enforced now: %s" % (folder, _oserror(exc)))
     if result.moved:
         announce_dead_letters(args, result.moved)
     try:
@@ -1615,9 +1862,8 @@ def flush(args, cfg=None, now=None):
 
 
 def spooled_count(args):
-    """Messages waiting in the spool (all channels; the dead-letter folder not counted)."""
-    root = _spool_root(args)
-    return sum(len(_names(os.path.join(root, folder))) for folder in _folders(root))
+    """Messages waiting in the spool and its fallback in memory (all channels; dead letters not counted)."""
+    return sum(len(_spooled(args, folder)) for folder in _spool_folders(args))
 
 
 def dead_letter_count(args):
@@ -1632,11 +1878,11 @@ def dead_letter_summary(args):
         {"spooled": N, "dead_letter": M, "dead_letter_dir": PATH,
          "channels": {<channel>: {"spooled": n, "dead_letter": m, "last_dead_letter": ISO or None}}}
     """
-    root, dead = _spool_root(args), _dead_root(args)
+    dead = _dead_root(args)
     channels = {}
-    for folder in _folders(root):
+    for folder in _spool_folders(args):
         channels.setdefault(folder, {"spooled": 0, "dead_letter": 0, "last_dead_letter": None})
-        channels[folder]["spooled"] = len(_names(os.path.join(root, folder)))
+        channels[folder]["spooled"] = len(_spooled(args, folder))
     for folder in _folders(dead):
         names = _names(os.path.join(dead, folder))
         info = channels.setdefault(folder, {"spooled": 0, "dead_letter": 0, "last_dead_letter": None})
@@ -1675,13 +1921,13 @@ def emit(args, severity, key, title, body="", agent=None, unit=None, exclude=())
     now = time.time()
     since = now
     reminder = False
-    path = _key_file(args, key)
-    lock = os.path.join(_alerts_state_dir(args), ".lock")
     if severity != "info":
         repeat = _number(cfg, "alert_repeat_seconds", 4 * 3600.0, 0.0, 10 * 365 * 86400.0)
-        with state.locked(lock):
-            current = state.read_json(path)
-            if isinstance(current, dict):
+        # The record is bookkeeping: written before the delivery (so that two runs do not both send it),
+        # but a record that cannot be written never stops the delivery (see _save_key).
+        with _state_lock(args):
+            current = _load_key(args, key)
+            if current is not None:
                 since = _float(current.get("first_seen"), now)
                 last_sent = _float(current.get("last_sent"))
                 unsent = bool(current.get("unsent"))
@@ -1689,7 +1935,7 @@ def emit(args, severity, key, title, body="", agent=None, unit=None, exclude=())
                 due = now - last_sent >= repeat
                 if not (unsent or escalated or due):
                     current.update(last_seen=now, title=title)
-                    state.write_json(path, current)
+                    _save_key(args, key, current)
                     log("suppressed duplicate %s key=%s (open since %s, next reminder in %ds)"
                         % (severity, key, _iso(since), repeat - (now - last_sent)))
                     return True
@@ -1697,18 +1943,17 @@ def emit(args, severity, key, title, body="", agent=None, unit=None, exclude=())
                 count = int(_float(current.get("count"), 1)) + 1
             else:
                 count = 1
-            state.write_json(path, {"key": key, "severity": severity, "title": title, "agent": agent,
-                                    "unit": unit, "first_seen": since, "last_sent": now, "last_seen": now,
-                                    "count": count})
+            _save_key(args, key, {"key": key, "severity": severity, "title": title, "agent": agent, "unit": unit,
+                                  "first_seen": since, "last_sent": now, "last_seen": now, "count": count})
     msg = build_message(cfg, severity, key, title, body, agent=agent, unit=unit, since=since, reminder=reminder)
     handled, taken, targets = _deliver(args, cfg, msg, exclude)
     if severity != "info" and targets and not taken:
         # no channel took it, not even into the spool: send it again at the next emit, not at the reminder
-        with state.locked(lock):
-            current = state.read_json(path)
-            if isinstance(current, dict) and current.get("last_sent") == now:
+        with _state_lock(args):
+            current = _load_key(args, key)
+            if current is not None and current.get("last_sent") == now:
                 current["unsent"] = True
-                state.write_json(path, current)
+                _save_key(args, key, current)
     return handled
 
 
@@ -1717,12 +1962,11 @@ def resolve(args, key, title="", body="", agent=None, unit=None, exclude=()):
 
     Returns True when the message was delivered or spooled, or when there was nothing to do.
     """
-    path = _key_file(args, key)
-    with state.locked(os.path.join(_alerts_state_dir(args), ".lock")):
-        current = state.read_json(path)
-        if not isinstance(current, dict):
+    with _state_lock(args):
+        current = _load_key(args, key)
+        if current is None:
             return True
-        state.remove(path)
+        _drop_key(args, key)
     cfg = load_config(args)
     msg = build_message(cfg, "resolved", key, title or "resolved: %s" % current.get("title", key), body,
                         agent=agent or current.get("agent"), unit=unit or current.get("unit"),
@@ -1785,13 +2029,20 @@ def failure_report(unit, props=None):
     restarts = props.get("NRestarts") or "0"
     since = props.get("InactiveEnterTimestamp") or props.get("StateChangeTimestamp") or "unknown"
     final = props.get("ActiveState") in ("failed", "inactive", None)
-    if final:
+    meaning = RESULT_MEANING.get(result)
+    if final and result == "success":
+        # OnFailure= also fires when a start job fails because a unit it requires failed: the unit itself
+        # did not run (an agent on systemd 247 whose session-start auth check, agentops-auth@, failed)
+        title = "%s did not start: a unit it requires failed (NRestarts=%s)" % (unit, restarts)
+        meaning = ("the unit itself did not fail: a unit it requires (Requires=) failed to start, such as "
+                   "agentops-auth@<agent>.service, the session-start auth check of an agent on systemd 247")
+    elif final:
         title = "%s failed (Result=%s, NRestarts=%s)" % (unit, result, restarts)
     else:
         title = "%s crashed and is being restarted by Restart= (NRestarts=%s)" % (unit, restarts)
     body = "\n".join([
         "Unit: %s" % unit,
-        "Result: %s%s" % (result, (" (%s)" % RESULT_MEANING[result]) if result in RESULT_MEANING else ""),
+        "Result: %s%s" % (result, (" (%s)" % meaning) if meaning else ""),
         "NRestarts: %s" % restarts,
         "State: %s/%s" % (props.get("ActiveState", "?"), props.get("SubState", "?")),
         "Failed since: %s" % since,

@@ -12,6 +12,13 @@ critical alert (key ``auth:<agent>:<check>``, shared with the heartbeat's auth c
 passes again resolves it. The last result per agent is kept in
 ``<state_dir>/.auth/<agent>.json`` (root, 0600, never the token) for ``agentops status``.
 
+On systemd 247, where an ``ExecStartPre=`` beside ``LoadCredential=`` cannot run in a sandboxed unit,
+the agent unit instead has ``Requires=`` and ``After=`` on the root one-shot ``agentops-auth@<agent>.service``,
+which runs ``agentops check-auth --unless-running <agent>``: the same checks, state and alerts, before
+every start of the agent. ``--unless-running`` exits 0 without checking while the agent's unit already has
+a running main process: a start request for a running session starts nothing (ExecStartPre= does not run
+then either), so a failing check must not fail that request.
+
 ``--credential CRED --token-stdin`` validates a NEW token for one credential before it
 is swapped in: only the checks of that credential run, nothing is recorded or alerted.
 
@@ -27,6 +34,7 @@ import sys
 
 from agentops_host import config
 from agentops_host import state
+from agentops_host import systemd
 from agentops_lib import agentops_auth
 from agentops_lib import agentops_contract
 
@@ -54,6 +62,9 @@ def add_parser(subparsers):
                         help="seconds per check unless the check sets its own timeout (default: timeout_seconds "
                              "of <config-dir>/auth.json, agentops_auth_timeout; %s without it)" % DEFAULT_TIMEOUT)
     parser.add_argument("--no-alert", action="store_true", help="do not raise or resolve alerts")
+    parser.add_argument("--unless-running", action="store_true",
+                        help="exit 0 without checking when the agent's unit already has a running main process "
+                             "(the session-start check of agentops-auth@<agent>.service)")
     parser.set_defaults(func=run)
     return parser
 
@@ -228,12 +239,32 @@ def format_line(agent_name, result):
                                        result.get("elapsed") or 0.0)
 
 
+def running_session(props):
+    """The main PID of a unit whose session runs (``systemctl show`` properties), else None.
+
+    A unit with a running main process (active, or a scheduled one-shot run in progress) gains nothing
+    from a start request. Unknown (systemctl failed, no MainPID) counts as not running: the checks run.
+    """
+    try:
+        pid = int(props.get("MainPID") or 0)
+    except (TypeError, ValueError):
+        return None
+    return pid if pid > 0 else None
+
+
 def run(args):
     try:
         agent = config.load_agent(args.config_dir, args.agent)
     except config.ConfigError as exc:
         sys.stderr.write("agentops check-auth: %s\n" % exc)
         return 1
+    if getattr(args, "unless_running", False):
+        unit = agent.get("unit") or "agentops-%s.service" % agent["name"]
+        pid = running_session(systemd.show(unit, ("MainPID", "ActiveState", "SubState")))
+        if pid is not None:
+            sys.stdout.write("%s: %s runs (main PID %d): a start request starts nothing, nothing checked\n"
+                             % (agent["name"], unit, pid))
+            return 0
     if args.token_stdin and not args.credential:
         sys.stderr.write("agentops check-auth: --token-stdin needs --credential CRED\n")
         return 2

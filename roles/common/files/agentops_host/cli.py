@@ -40,6 +40,10 @@ def build_parser():
     parser.add_argument("--config-dir", default=PATHS["config"], help="configuration directory (default: %(default)s)")
     parser.add_argument("--state-dir", default=PATHS["state"], help="state directory (default: %(default)s)")
     parser.add_argument("--spool-dir", default=PATHS["spool"], help="spool directory (default: %(default)s)")
+    parser.add_argument("--runtime-dir", default=None,
+                        help="in-memory fallback of the alert state and spool when the state or spool directory "
+                             "cannot be written, e.g. a full disk (default: %s with the default --state-dir, "
+                             "none with another one)" % PATHS["runtime"])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     loaded = set()
@@ -88,6 +92,8 @@ def main(argv=None):
             reset_environment()
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.runtime_dir is None and args.state_dir == PATHS["state"]:
+        args.runtime_dir = PATHS["runtime"]
     try:
         return args.func(args) or 0
     except KeyboardInterrupt:

@@ -99,10 +99,13 @@ def test_agents_files_are_what_the_template_lookup_renders(tmp_path, version):
         assert by_path["/etc/agentops/agents.d/%s.json" % entry["name"]]["content"] == ref["config"]
     unit = by_path["/etc/systemd/system/agentops-strict-one.service"]["content"]
     assert ("ProcSubset=pid" in unit) is (version >= 247) and ("MemoryKSM=no" in unit) is (version >= 254)
-    # systemd 247 cannot run an ExecStartPre= beside LoadCredential= in a sandboxed unit (fixed in 248)
+    # systemd 247 cannot run an ExecStartPre= beside LoadCredential= in a sandboxed unit (fixed in 248): there the
+    # unit requires the one-shot agentops-auth@<name>.service, which runs the same check before every start
     mail = by_path["/etc/systemd/system/agentops-mail-triage.service"]["content"]
     assert ("ExecStartPre=+/usr/local/bin/agentops check-auth mail-triage" in mail) is (version >= 248)
     assert ("# auth_checks at session start: systemd 247 cannot run" in mail) is (version == 247)
+    assert ("\nRequires=agentops-auth@mail-triage.service\nAfter=agentops-auth@mail-triage.service\n" in
+            mail.split("[Service]")[0]) is (version == 247)
     assert u"{braces} <b>&amp; \u2713" in by_path["/var/lib/agentops/mail-triage/AGENTS.md"]["content"]
 
 
@@ -333,3 +336,46 @@ def test_unit_knobs_are_gated_on_the_systemd_version(version):
                                  ROLE, PATHS, version, PROFILES)
     text = [f for f in plain["files"] if f["path"].endswith("agentops-plain.service")][0]["content"]
     assert not any(key in text for key in ("RestartSteps", "RuntimeMaxSec", "MemoryHigh", "OOMScoreAdjust"))
+
+
+def _units(agents, version):
+    args = filters.agents_files(filters.agents_normalize(agents, DEFAULTS), ROLE, PATHS, version, PROFILES)
+    return dict((os.path.basename(f["path"]), f["content"]) for f in args["files"] if f["path"].endswith(".service"))
+
+
+@pytest.mark.parametrize("version", [247, 248, 252, 257])
+def test_sandboxed_agents_get_a_private_dev_shm(version):
+    units = _units([{"name": "std", "command": "/bin/true"}, {"name": "tight", "command": "/bin/true",
+                                                             "hardening": "strict"},
+                    {"name": "open", "command": "/bin/true", "hardening": "none"}], version)
+    line = "TemporaryFileSystem=/dev/shm:mode=1777,nosuid,nodev,noexec,size=25%"
+    for name in ("std", "tight"):
+        lines = units["agentops-%s.service" % name].splitlines()
+        assert line in lines and "PrivateDevices=yes" in lines, name
+        # after PrivateDevices= in the unit: the private /dev gets its own /dev/shm, not the host's
+        assert lines.index(line) > lines.index("PrivateDevices=yes")
+    assert "TemporaryFileSystem" not in units["agentops-open.service"]
+
+
+@pytest.mark.parametrize("version", [247, 257])
+def test_credentials_in_the_environment_mean_no_core_dump(version):
+    env_agent = {"name": "envy", "command": "/opt/envy --loop", "credentials": {"tok": "s3cr3t"},
+                 "credentials_env": {"API_TOKEN": "tok"}}
+    file_agent = {"name": "filey", "command": "/bin/true", "credentials": {"tok": "s3cr3t"}}
+    bare = {"name": "open", "command": "/bin/true", "hardening": "none", "credentials": {"tok": "s3cr3t"},
+            "credentials_env": {"API_TOKEN": "tok"}}
+    units = _units([env_agent, file_agent, bare], version)
+    for name in ("envy", "open"):                      # whatever the sandbox profile
+        assert "LimitCORE=1" in units["agentops-%s.service" % name].splitlines(), name
+    assert "LimitCORE" not in units["agentops-filey.service"]
+
+
+def test_the_session_start_auth_check_unit():
+    text = filters.render_template(os.path.join(ROLE, "templates"), "agentops-auth@.service.j2", agentops_paths=PATHS)
+    lines = text.splitlines()
+    assert lines[0].startswith("# Managed by Ansible")
+    for line in ("Type=oneshot", "ExecStart=/usr/local/bin/agentops check-auth --unless-running %i",
+                 "StartLimitIntervalSec=0", "TimeoutStartSec=5min"):
+        assert line in lines, line
+    # root, like ExecStartPre=+: no User=, no credentials of its own, no sandbox that hides /etc/agentops
+    assert not [x for x in lines if x.startswith(("User=", "LoadCredential", "ProtectSystem", "Environment"))]

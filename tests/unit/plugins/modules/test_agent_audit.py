@@ -400,3 +400,23 @@ def test_hostile_state_directories_are_findings_never_followed(tmp_path, capsys,
     assert "agentops-good.service" not in failure_modes and "agentops-ws.service" not in failure_modes
     assert not items["workstate_protocol"]["passed"] and not items["failure_modes"]["passed"]
     assert oct(secret.stat().st_mode & 0o7777) == "0o600" and secret.stat().st_uid == 0
+
+
+def test_systemd_247_session_start_gate_is_auth_at_start():
+    """On systemd 247 the agent unit requires agentops-auth@<name>.service and is ordered after it (no ExecStartPre)."""
+    gate = "agentops-auth@mail.service"
+    props = dict(GOOD_PROPS, ExecStartPre="", Requires="sysinit.target system.slice %s" % gate,
+                 After="network-online.target %s system.slice" % gate)
+    checks = by_id(agent_audit.evaluate(good_facts(agents=[good_agent(props=props)])))
+    assert checks["auth_at_start"]["passed"], checks["auth_at_start"]
+    # required but not ordered after it (the session could start before the check ends), or another agent's gate
+    for bad in (dict(props, After="network-online.target"),
+                dict(props, Requires="agentops-auth@other.service", After="agentops-auth@other.service")):
+        checks = by_id(agent_audit.evaluate(good_facts(agents=[good_agent(props=bad)])))
+        assert not checks["auth_at_start"]["passed"]
+        assert ("no ExecStartPre runs check-auth (nor does it require agentops-auth@mail.service)"
+                in checks["auth_at_start"]["reason"])
+
+
+def test_show_reads_the_gate_properties():
+    assert "Requires" in agent_audit.SHOW_PROPERTIES and "After" in agent_audit.SHOW_PROPERTIES
