@@ -52,10 +52,10 @@ LINES_MAX = 2000
 MESSAGE_MAX = 4096
 FIELD_MAX = 512
 # journalctl output read for one agent in one read (the fields beyond the bounds above count too).
-UNIT_BYTES_MAX = 8 * 1024 * 1024
+UNIT_BYTES_MAX = 4 * 1024 * 1024
 # One batch: entries and bytes of all its agents together (beyond: the loudest agent is read alone).
 BATCH_LINES_MAX = 200000
-BATCH_BYTES_MAX = 96 * 1024 * 1024
+BATCH_BYTES_MAX = 48 * 1024 * 1024
 BATCH_TRIES = 3
 # Seconds one journalctl may run; seconds all reads of one heartbeat run may take.
 DEADLINE = 15.0
