@@ -72,6 +72,8 @@ QUIET_LINES = LINES_MAX // 4
 FIELDS = ("MESSAGE", "PRIORITY", "_SYSTEMD_UNIT", "_UID", "_PID", "_COMM", "_EXE")
 CURSOR_MAX = 256
 CHUNK = 1 << 20
+# An entry shorter than this is parsed in one go when it holds text fields only.
+FAST_ENTRY_MAX = 64 * 1024
 STDERR_MAX = 512
 # The journal excerpt of an alert: bytes of one line, and of journalctl's whole output read.
 TAIL_LINE_MAX = 2000
@@ -83,28 +85,55 @@ _REALTIME = b"__REALTIME_TIMESTAMP"
 _LIMITS = dict((name.encode(), MESSAGE_MAX if name == "MESSAGE" else FIELD_MAX) for name in FIELDS)
 
 
-class Line(tuple):
-    """One journal line: realtime (epoch seconds), message (str, at most MESSAGE_MAX bytes of it),
-    cut (the message was longer), priority (int or None) and the trusted fields unit, uid, pid, comm, exe."""
-    __slots__ = ()
-    _names = ("realtime", "message", "cut", "priority", "unit", "uid", "pid", "comm", "exe")
+class Line:
+    """One journal line: ``realtime`` (epoch seconds), ``message`` (str: at most MESSAGE_MAX bytes of it,
+    decoded as UTF-8 with replacement), ``cut`` (the message was longer), ``priority`` (int or None) and the
+    trusted fields ``unit``, ``uid``, ``pid``, ``comm``, ``exe``. Decoded when asked for (a run may hold
+    thousands of lines and judge only their messages)."""
+    __slots__ = ("realtime", "_fields")
+    NAMES = ("realtime", "message", "cut", "priority", "unit", "uid", "pid", "comm", "exe")
 
-    def __new__(cls, realtime, message, cut=False, priority=None, unit=None, uid=None, pid=None, comm=None,
-                exe=None):
-        return tuple.__new__(cls, (realtime, message, cut, priority, unit, uid, pid, comm, exe))
+    def __init__(self, realtime, fields):
+        self.realtime = realtime
+        self._fields = fields
 
-    realtime = property(lambda self: self[0])
-    message = property(lambda self: self[1])
-    cut = property(lambda self: self[2])
-    priority = property(lambda self: self[3])
-    unit = property(lambda self: self[4])
-    uid = property(lambda self: self[5])
-    pid = property(lambda self: self[6])
-    comm = property(lambda self: self[7])
-    exe = property(lambda self: self[8])
+    @property
+    def message(self):
+        return _text(self._fields.get(b"MESSAGE")) or ""
+
+    @property
+    def cut(self):
+        return b"MESSAGE" in (self._fields.get(b"..cut") or ())
+
+    @property
+    def priority(self):
+        return _int(self._fields.get(b"PRIORITY"))
+
+    @property
+    def unit(self):
+        return _text(self._fields.get(b"_SYSTEMD_UNIT"))
+
+    @property
+    def uid(self):
+        return _int(self._fields.get(b"_UID"))
+
+    @property
+    def pid(self):
+        return _int(self._fields.get(b"_PID"))
+
+    @property
+    def comm(self):
+        return _text(self._fields.get(b"_COMM"))
+
+    @property
+    def exe(self):
+        return _text(self._fields.get(b"_EXE"))
 
     def as_dict(self):
-        return dict(zip(self._names, self))
+        return dict((name, getattr(self, name)) for name in self.NAMES)
+
+    def __repr__(self):
+        return "Line(%r)" % (self.as_dict(),)
 
 
 class Position:
@@ -112,6 +141,8 @@ class Position:
     __slots__ = ("cursor", "key", "floor", "checked", "seen", "loud")
 
     def __init__(self, cursor=None, floor=None, checked=None, seen=None, loud=False):
+        if isinstance(cursor, bytes):
+            cursor = cursor.decode("ascii", "replace")
         self.key = cursor_key(cursor)
         self.cursor = cursor if self.key is not None else None
         self.floor = _number(floor)
@@ -273,11 +304,13 @@ def export_entries(chunks, limits=None):
 
     ``fields``: {name (bytes): value (bytes)}, each value cut at ``limits[name]`` (FIELD_MAX for other
     names; a cut value is recorded in the set ``fields[b"..cut"]``); ``size``: the bytes the entry took in
-    the output (cut parts included). Output that ends inside an entry raises ReadFailed. Memory stays bounded whatever the output holds: a text field without
-    its newline is kept up to its limit and the rest skipped; a binary field (``NAME\\n`` + 64-bit
-    little-endian length + data + ``\\n``) is skipped by its length.
+    the output (cut parts included). Output that ends inside an entry raises ReadFailed. Memory stays
+    bounded whatever the output holds: a text field without its newline is kept up to its limit and the
+    rest skipped; a binary field (``NAME\\n`` + 64-bit little-endian length + data + ``\\n``) is skipped by
+    its length.
     """
     limits = _LIMITS if limits is None else limits
+    limits_get = limits.get
     data = b""
     pos = 0
     entry = {}
@@ -313,6 +346,23 @@ def export_entries(chunks, limits=None):
                     yield entry, size
                 entry, size = {}, 0
                 continue
+            if not entry and newline > 0:
+                # fast path: a whole entry of text fields (the usual case) up to its blank line
+                stop = data.find(b"\n\n", pos, pos + FAST_ENTRY_MAX)
+                if stop >= 0:
+                    fields = {}
+                    for line in data[pos:stop].split(b"\n"):
+                        name, equals, value = line.partition(b"=")
+                        if not equals:
+                            break  # a binary field: the careful way below
+                        if len(value) > limits_get(name, FIELD_MAX):
+                            value = value[:limits_get(name, FIELD_MAX)]
+                            fields.setdefault(b"..cut", set()).add(name)
+                        fields[name] = value
+                    else:
+                        yield fields, stop + 2 - pos
+                        pos = stop + 2
+                        continue
             if newline < 0:
                 longest = max(limits.values()) if limits else FIELD_MAX
                 if end - pos > longest + 1024:  # a text field too long to hold: keep its start, skip the rest
@@ -376,18 +426,15 @@ def _int(value):
 
 
 def make_line(fields, realtime):
-    cut = fields.get(b"..cut") or ()
-    message = fields.get(b"MESSAGE")
-    return Line(realtime / 1e6, _text(message) if message is not None else "", b"MESSAGE" in cut,
-                _int(fields.get(b"PRIORITY")), _text(fields.get(b"_SYSTEMD_UNIT")), _int(fields.get(b"_UID")),
-                _int(fields.get(b"_PID")), _text(fields.get(b"_COMM")), _text(fields.get(b"_EXE")))
+    return Line(realtime / 1e6, fields)
 
 
 def _stamp(fields):
-    """(realtime in microseconds, cursor) of an entry; ReadFailed when journalctl printed no valid ones."""
+    """(realtime in microseconds, cursor as bytes) of an entry; ReadFailed when journalctl printed no valid
+    ones (the cursor is parsed in full only where it is compared or kept)."""
     realtime = _int(fields.get(_REALTIME))
-    cursor = _text(fields.get(_CURSOR))
-    if realtime is None or realtime < 0 or cursor_key(cursor) is None:
+    cursor = fields.get(_CURSOR)
+    if realtime is None or realtime < 0 or not cursor or not cursor.startswith(b"s=") or len(cursor) > CURSOR_MAX:
         raise ReadFailed("journalctl printed an entry without a valid cursor or timestamp")
     return realtime, cursor
 
@@ -434,6 +481,8 @@ def read_alone(unit, position, deadline, lines_max=None):
     code = proc.close(stop)
     if code:
         return Result(unit, False, position, error=proc.failure(code), mode="alone")
+    if newest is not None and cursor_key(newest[0]) is None:
+        return Result(unit, False, position, error="journalctl printed a cursor that is not one", mode="alone")
     kept.reverse()
     moved = Position(position.cursor, position.floor, started, position.seen, truncated or (
         position.loud and len(kept) > QUIET_LINES))
@@ -510,7 +559,7 @@ def _read_batch(members, positions, batch, limit):
     """One forward read of all ``members``. Returns ({unit: Result}, new batch record) when complete,
     (None, unit) when ``unit`` passed its bounds (read it alone), (None, None) when the read failed."""
     started = time.time()
-    wanted = set(members)
+    wanted = dict((u.encode(), u) for u in members)
     kept = dict((u, []) for u in members)
     counts = dict((u, 0) for u in members)
     sizes = dict((u, 0) for u in members)
@@ -524,12 +573,13 @@ def _read_batch(members, positions, batch, limit):
         return None, None
     try:
         for fields, size in export_entries(proc.chunks()):
-            unit = _text(fields.get(b"_SYSTEMD_UNIT"))
+            unit = wanted.get(fields.get(b"_SYSTEMD_UNIT"))
             realtime, cursor = _stamp(fields)
             total_lines += 1
             total_bytes += size
-            if unit not in wanted:
-                raise ReadFailed("journalctl printed an entry of another unit (%s)" % (unit or "none"))
+            if unit is None:
+                raise ReadFailed("journalctl printed an entry of another unit (%s)"
+                                 % (_text(fields.get(b"_SYSTEMD_UNIT")) or "none"))
             last_cursor = cursor
             counts[unit] += 1
             sizes[unit] += size
@@ -547,6 +597,9 @@ def _read_batch(members, positions, batch, limit):
         return None, None
     if proc.close():
         return None, None
+    if any(cursor_key(cursor) is None for cursor, _realtime in newest.values()) \
+            or (last_cursor is not None and cursor_key(last_cursor) is None):
+        return None, None
     results = {}
     for unit in members:
         old = positions[unit]
@@ -556,7 +609,7 @@ def _read_batch(members, positions, batch, limit):
         else:
             moved = Position(old.cursor, old.floor, started, old.seen, False)
         results[unit] = Result(unit, True, moved, kept[unit], False, mode="batch")
-    return results, {"cursor": last_cursor, "at": started}
+    return results, {"cursor": _text(last_cursor), "at": started}
 
 
 # ------------------------------------------------------------------------------------------ alert excerpts
