@@ -165,8 +165,29 @@ def test_each_line_is_returned_once_over_many_reads(fake):
             seen[unit] += [l.message for l in result.lines]
             result.save(state[unit])
     assert seen == expected
-    starts = [[w for w in c if w.startswith(("--cursor=", "--since"))] for c in fake.calls() if "-r" not in c]
-    assert starts[0] == ["--since"] and all(s[0].startswith("--cursor=") for s in starts[1:]) and len(starts) == 5
+    batches = [c for c in fake.calls() if "-r" not in c and any(w.startswith("_SYSTEMD_UNIT=") for w in c)]
+    assert len(batches) == 5 and all(any(w.startswith("--cursor=") for w in c) for c in batches)
+
+
+def test_a_batch_without_a_record_starts_by_time_and_leaves_one(fake):
+    """Positions read before but no record of where a batch stopped (the state of an older heartbeat): the
+    batch starts at the oldest last read minus SLACK, and the journal's end, taken before it, is the record
+    the next batch starts from."""
+    now = time.time()
+    fake.add(VICTIM, "judged before", now - 30)
+    fake.add(VICTIM, "new", now - 1)
+    state = {"journal_checked": now - 20, "journal_seen": now - 30, "journal_cursor": fake.cursor_of(0)}
+    results, record = journal.read({VICTIM: journal.Position.from_state(state, now)}, now=now)
+    calls = fake.calls()
+    assert calls[0] == ["--no-pager", "-q", "-n", "1", "-o", "export", "--output-fields=_SYSTEMD_UNIT"]
+    assert calls[1][calls[1].index("--since") + 1] == "@%d" % int(now - 20 - journal.SLACK)
+    assert [l.message for l in results[VICTIM].lines] == ["new"]
+    assert record["cursor"] == fake.cursor_of(1)
+    results[VICTIM].save(state)
+    fake.add(VICTIM, "newer", time.time())
+    results, record = journal.read({VICTIM: journal.Position.from_state(state, time.time())}, batch=record)
+    assert "--cursor=%s" % fake.cursor_of(1) in fake.calls()[-1] and "-r" not in fake.calls()[-1]
+    assert [l.message for l in results[VICTIM].lines] == ["newer"] and record["cursor"] == fake.cursor_of(2)
 
 
 def test_truncated_keeps_the_newest_lines_and_the_next_read_starts_after_them(fake, monkeypatch):
@@ -270,14 +291,14 @@ def test_the_batch_reads_many_quiet_agents_in_one_journalctl(fake):
         fake.add(unit, "hello", now - 2)
     state = dict((u, {}) for u in units)
     results, batch = journal.read(dict((u, journal.Position.from_state({}, now)) for u in units))
-    assert len(fake.calls()) == 20            # new agents: each read alone, once
+    assert len(fake.calls()) == 21            # new agents: each read alone, once (and where the journal ends)
     for unit in units:
         results[unit].save(state[unit])
     for unit in units[:5]:
         fake.add(unit, "again", time.time())
     results, batch = journal.read(dict((u, journal.Position.from_state(state[u], time.time())) for u in units),
                                   batch=batch)
-    assert len(fake.calls()) == 21            # then one for all of them
+    assert len(fake.calls()) == 22            # then one for all of them
     assert set(fake.calls()[-1][-20:]) == set("_SYSTEMD_UNIT=%s" % u for u in units)
     assert [len(results[u].lines) for u in units] == [1] * 5 + [0] * 15
     assert all(results[u].ok and results[u].mode == "batch" for u in units)

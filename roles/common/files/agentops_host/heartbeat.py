@@ -33,9 +33,9 @@ every agent in ``agents.d``:
   fail or hold up the run: pings share one 10 s budget, a missing metrics directory is skipped;
   both are recorded in ``<state_dir>/.heartbeat/run.json`` for ``agentops status``.
 
-Cost: one ``systemctl show`` for all units and one ``journalctl`` for the journal progress of all
-agents since the previous run; an agent that is new, was not read for an hour or logs more than
-``journal.LINES_MAX`` lines between two runs is read on its own, newest first and bounded
+Cost: one ``systemctl show`` for all units and one ``journalctl`` for the journal progress of the quiet
+agents since the previous run; an agent that is new, was not read for an hour or logged
+``journal.BUSY_LINES`` lines or more between two runs is read on its own, newest first and bounded
 (``agentops_host.journal.read``).
 
 Every condition that clears sends exactly one ``resolved`` (see alert.resolve).
@@ -387,23 +387,24 @@ class Checker:
         if result is None:
             if self.journal is not None:  # not read by the heartbeat (progress: file or command)
                 for key in ("journal_cursor", "journal_floor", "journal_checked", "journal_seen", "journal_loud",
-                            "journal_unknown_since", "journal_error"):
+                            "journal_truncated", "journal_unknown_since", "journal_error"):
                     hbstate.pop(key, None)
             return
         name = agent["name"]
-        was_loud = hbstate.get("journal_loud") is True
         result.save(hbstate)
         if result.ok:
             hbstate.pop("journal_unknown_since", None)
             hbstate.pop("journal_error", None)
             self._resolve("%s/progress-unknown" % name, title="%s: journal read again, progress known" % name,
                           agent=name, unit=agent["unit"])
-            if result.truncated and not was_loud:
-                alert.log("heartbeat %s: more than %d new journal lines since the last run: read on its own from "
-                          "now on, its newest %d lines kept" % (name, journalreader.LINES_MAX, journalreader.LINES_MAX))
-            elif was_loud and not result.position.loud:
-                alert.log("heartbeat %s: logs %d new journal lines per run again: read with the other agents"
+            if result.truncated and not hbstate.get("journal_truncated"):
+                alert.log("heartbeat %s: more than %d new journal lines since the last run: its newest %d read, "
+                          "the older ones skipped (logged once until it logs less)"
+                          % (name, journalreader.LINES_MAX, journalreader.LINES_MAX))
+            elif hbstate.get("journal_truncated") and not result.truncated:
+                alert.log("heartbeat %s: %d new journal lines since the last run: all read again"
                           % (name, len(result.lines)))
+            hbstate["journal_truncated"] = result.truncated
             return
         since = hbstate.get("journal_unknown_since")
         if not isinstance(since, (int, float)) or isinstance(since, bool) or since > now:
