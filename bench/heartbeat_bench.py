@@ -9,6 +9,10 @@ one warm-up run, then ``--runs`` measured runs. The figure is the CPU time (user
 heartbeat process and all its children (``getrusage(RUSAGE_CHILDREN)`` of a probe that only
 starts it), the median of the measured runs; the wall time beside it.
 
+``--lines N``: before every run (warm-up and measured) each agent logs N journal lines (the bench waits until
+journald stored them all), so a run reads N new lines per agent. ``--flood N``: one more agent with journal
+progress (its unit lifts journald's rate limit) logs N lines before every run, next to the quiet others.
+
 By default the run has a Prometheus textfile directory and a host dead man's switch (healthchecks
 type, aimed at a loopback receiver in the container) configured, as in production with both on, and
 every measured run pings (the state of the last pings is removed before each: the worst case, as a
@@ -16,6 +20,8 @@ success ping otherwise goes at most once a minute); ``--no-features`` turns both
 predates them ignores the settings file.
 
   bench/heartbeat_bench.py --agents 1,50,200 --ref c39a6f7 --ref worktree
+  bench/heartbeat_bench.py --agents 50 --lines 1000 --ref eae1b2f --ref worktree
+  bench/heartbeat_bench.py --agents 50 --flood 250000 --runs 3 --ref eae1b2f --ref worktree
 
 Not a test: nothing is asserted, figures depend on the machine and its load (printed with them).
 """
@@ -116,15 +122,28 @@ def install_source(name, label, ref):
     return "%s/agentops" % lib
 
 
-def lay_down(name, agents):
+# A bench agent that logs: quiet, but when /run/bench-gen holds a new "GEN COUNT" it logs COUNT lines, then
+# "bench done GEN" ($$: a dollar sign in a unit file).
+AGENT = ("while :; do set -- $$(cat /run/bench-gen 2>/dev/null); "
+         "if [ -n \"$$1\" ] && [ \"$$1\" != \"$$last\" ]; then seq 1 \"$$2\" | sed \"s/^/bench line /\"; "
+         "echo \"bench done $$1\"; last=$$1; fi; sleep 1; done")
+
+
+def lay_down(name, agents, flood=0, lines=0):
     files = {}
     units = []
-    for index in range(agents):
-        agent = "bench-%03d" % index
+    names = ["bench-%03d" % index for index in range(agents)] + (["bench-flood"] if flood else [])
+    for agent in names:
         unit = "agentops-%s.service" % agent
         units.append(unit)
+        if agent == "bench-flood":
+            command, limits = AGENT.replace("/run/bench-gen", "/run/bench-flood"), \
+                "LogRateLimitIntervalSec=1s\nLogRateLimitBurst=100000000\n"
+        else:
+            command, limits = (AGENT if lines else "exec /bin/sleep infinity"), ""
         files["/etc/systemd/system/" + unit] = (
-            ("[Unit]\nDescription=bench agent %s\n[Service]\nExecStart=/bin/sleep infinity\n" % agent).encode(), 0o644)
+            ("[Unit]\nDescription=bench agent %s\n[Service]\nExecStart=/bin/sh -c '%s'\n%s"
+             % (agent, command, limits)).encode(), 0o644)
         files["/etc/agentops/agents.d/%s.json" % agent] = (json.dumps({
             "name": agent, "unit": unit, "user": "root", "state": "present", "enabled": True,
             "state_dir": "/var/lib/agentops/" + agent, "credentials_dir": "/etc/agentops/credentials/" + agent,
@@ -150,6 +169,29 @@ def features(name, enabled):
            data=json.dumps(settings).encode())
 
 
+def log_lines(name, lines, flood, units):
+    """Make every agent log ``lines`` lines (and the flooding one ``flood``); wait until journald has them."""
+    if not lines and not flood:
+        return
+    gen = "%d" % (time.time() * 1000)
+    expected = 0
+    if lines:
+        docker("exec", name, "sh", "-c", "echo '%s %d' > /run/bench-gen" % (gen, lines))
+        expected += units
+    if flood:
+        docker("exec", name, "sh", "-c", "echo '%s %d' > /run/bench-flood" % (gen, flood))
+        expected += 1
+    deadline = time.monotonic() + 600
+    while True:
+        found = docker("exec", name, "sh", "-c", "journalctl -q -o cat --since -15min --grep 'bench done %s' | wc -l"
+                       % gen).stdout.decode().strip()
+        if int(found or 0) >= expected:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError("the bench agents did not log their lines in time (%s of %d)" % (found, expected))
+        time.sleep(1)
+
+
 def run_once(name, entry, state_label, pings_due=False):
     if pings_due:  # forget when the targets were pinged last: this run pings every one of them
         docker("exec", name, "rm", "-f", "/var/lib/agentops-state-%s/.heartbeat/deadman.json" % state_label)
@@ -165,8 +207,8 @@ def median(values):
     return values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2.0
 
 
-def measure(image, agents, refs, runs, with_features, pings_due=True):
-    name = "%s%d" % (PREFIX, agents)
+def measure(image, agents, refs, runs, with_features, pings_due=True, lines=0, flood=0, prefix=PREFIX):
+    name = "%s%d" % (prefix, agents)
     docker("rm", "-f", name, check=False)
     docker("run", "-d", "--name", name, "--hostname", name, *DOCKER_FLAGS, image, *BOOT)
     rows = []
@@ -177,13 +219,18 @@ def measure(image, agents, refs, runs, with_features, pings_due=True):
             if time.monotonic() > deadline:
                 raise RuntimeError("%s did not boot" % name)
             time.sleep(1)
-        lay_down(name, agents)
+        lay_down(name, agents, flood, lines)
         features(name, with_features)
         for label, ref in refs:
             entry = install_source(name, label, ref)
+            log_lines(name, lines, flood, agents)
             run_once(name, entry, label)  # warm-up: state files, byte code
-            samples = [run_once(name, entry, label, pings_due and with_features) for _ in range(runs)]
-            rows.append({"agents": agents, "source": label, "ref": ref, "features": with_features,
+            samples = []
+            for _ in range(runs):
+                log_lines(name, lines, flood, agents)
+                samples.append(run_once(name, entry, label, pings_due and with_features))
+            rows.append({"agents": agents, "lines": lines, "flood": flood, "source": label, "ref": ref,
+                         "features": with_features,
                          "cpu": median([s[0] for s in samples]), "wall": median([s[1] for s in samples]),
                          "rc": max(s[2] for s in samples), "load": "%.2f" % os.getloadavg()[0]})
             log("   %d agent(s), %s: cpu %.3f s, wall %.3f s" % (agents, label, rows[-1]["cpu"], rows[-1]["wall"]))
@@ -201,6 +248,10 @@ def main(argv=None):
     parser.add_argument("--no-features", action="store_true", help="without metrics and dead man's switch")
     parser.add_argument("--image", default=os.environ.get("AGENTOPS_TEST_IMAGE_DEBIAN12",
                                                           "agentops-test/debian12:latest"))
+    parser.add_argument("--lines", type=int, default=0, help="journal lines each agent logs before every run")
+    parser.add_argument("--flood", type=int, default=0,
+                        help="journal lines one more agent logs before every run (default: no such agent)")
+    parser.add_argument("--prefix", default=PREFIX, help="name prefix of the throw-away containers")
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args(argv)
     if not shutil.which("docker"):
@@ -213,9 +264,12 @@ def main(argv=None):
     rows = []
     for agents in [int(x) for x in args.agents.split(",") if x]:
         log("== %d agent(s)" % agents)
-        rows.extend(measure(args.image, agents, refs, args.runs, not args.no_features))
-    print("heartbeat CPU per run (median of %d; metrics and dead man's switch %s); %d CPU(s)"
-          % (args.runs, "off" if args.no_features else "on", os.cpu_count() or 0))
+        rows.extend(measure(args.image, agents, refs, args.runs, not args.no_features, lines=args.lines,
+                            flood=args.flood, prefix=args.prefix))
+    print("heartbeat CPU per run (median of %d; metrics and dead man's switch %s; %d journal line(s) per agent "
+          "and run%s); %d CPU(s)" % (args.runs, "off" if args.no_features else "on", args.lines,
+                                    ", one more agent logging %d" % args.flood if args.flood else "",
+                                    os.cpu_count() or 0))
     print("| agents | source | CPU (s) | wall (s) | exit | load |")
     print("| ---: | --- | ---: | ---: | ---: | ---: |")
     for row in rows:

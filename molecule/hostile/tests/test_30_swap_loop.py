@@ -121,7 +121,7 @@ def test_victim_converged_during_the_swap_loop(host, swap_loop):
 def test_the_audit_completed_for_every_agent(host, swap_loop):
     assert swap_loop["report_text"], "audit.yml wrote no report:\n%s" % swap_loop["audit"][1][-3000:]
     report = json.loads(swap_loop["report_text"])["hosts"][host_name(host)]
-    assert sorted(a["unit"] for a in report["agents"]) == sorted(UNIT % n for n in ("bystander", "evil", "victim"))
+    assert sorted(a["unit"] for a in report["agents"]) == sorted(UNIT % a["name"] for a in scenario_agents())
     assert len(report["checklist"]) == 9
 
 

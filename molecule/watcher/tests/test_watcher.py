@@ -211,3 +211,46 @@ def test_60_bad_values_are_rejected_before_any_change(host, run_playbook):
     assert CANARY not in result.output
     assert result.recap.get("changed") == 0 and result.recap.get("failed") == 1, result.recap
     assert host.check_output("sha256sum " + files) == before
+
+
+# First on the fixed PATH the heartbeat runs journalctl with (agentops_auth.SAFE_PATH): a journal that
+# cannot be read, for the time of one test.
+BROKEN_JOURNALCTL = "/usr/local/sbin/journalctl"
+
+
+def alerts(host, since, key, severity=None):
+    found = []
+    for record in agentops_testlib.endpoint_records(host, HOOK, since):
+        body = json.loads(record["body"]) if record["path"].startswith("/hook") else {}
+        if body.get("key") == key and (severity is None or body.get("severity") == severity):
+            found.append(body)
+    return found
+
+
+def test_70_an_unreadable_journal_is_unknown_never_silent(host, wait_for):
+    """While the journal cannot be read, the hung agent (no line for longer than max_silence) is not called
+    silent and not counted in the progress metric; once that lasts longer than max_silence its
+    progress-unknown warning comes. Readable again: the warning is resolved and the real silence alerted."""
+    start = now(host)
+    set_mode(host, "hung", "hang")
+    host.run_expect([0], "printf '#!/bin/sh\\necho \"Failed to open journal: test\" >&2\\nexit 1\\n' > %s && chmod 0755 %s"
+                    % (BROKEN_JOURNALCTL, BROKEN_JOURNALCTL))
+    try:
+        warning = wait_for(lambda: alerts(host, start, "hung/progress-unknown", "warning"), 60, interval=1.0,
+                           message="hung/progress-unknown")
+        assert "Failed to open journal: test" in warning[0]["body"], warning
+        assert now(host) - start > 8                                          # after max_silence, not before
+        assert metric(scrape(host), "agentops_agent_progress_age_seconds", agent="hung") is None
+        assert alerts(host, start, "hung/silent") == []
+    finally:
+        host.run_expect([0], "rm -f %s" % BROKEN_JOURNALCTL)
+    readable = now(host)
+    wait_for(lambda: alerts(host, readable, "hung/progress-unknown", "resolved"), 30, interval=1.0,
+             message="hung/progress-unknown resolved")
+    wait_for(lambda: alerts(host, readable, "hung/silent", "critical"), 30, interval=1.0,
+             message="the real silence alerted once the journal is read")
+    set_mode(host, "hung", "ok")
+    wait_for(lambda: alerts(host, readable, "hung/silent", "resolved"), 30, interval=1.0,
+             message="hung/silent resolved")
+    wait_for(lambda: alerts(host, start, "up/progress-unknown", "resolved") or not alerts(
+        host, start, "up/progress-unknown"), 30, interval=1.0, message="the up agent known again")

@@ -352,31 +352,6 @@ def test_missing_textfile_dir_is_skipped_and_shown(tmp_path, units, capsys):
         assert TOKEN not in text
 
 
-def test_journal_is_read_once_for_all_agents_after_the_first_run(tmp_path, units, monkeypatch):
-    args = make_args(tmp_path)
-    write_config(args, [])
-    calls = tmp_path / "journal-calls"
-    now_us = int(time.time() * 1e6)
-    script = tmp_path / "journalctl-batch"
-    script.write_text("#!/bin/sh\necho \"$*\" >> %s\n"
-                      "printf '%%s\\n' '{\"_SYSTEMD_UNIT\":\"agentops-j1.service\",\"__REALTIME_TIMESTAMP\":\"%d\"}'\n"
-                      % (calls, now_us))
-    script.chmod(0o755)
-    monkeypatch.setattr(heartbeat.systemd, "JOURNALCTL", str(script))
-    for name in ("j1", "j2", "j3"):
-        agent = add_agent(args, name, progress="journal", max_silence="30s")
-        units(agent["unit"], started_ago=600)
-    assert run_heartbeat(args) == 0
-    first = calls.read_text().splitlines()
-    assert len(first) == 3 and all("-n 1" in c for c in first)          # no previous run: one read each
-    assert run_heartbeat(args) == 0
-    second = calls.read_text().splitlines()[3:]
-    assert len(second) == 1 and "--since @" in second[0], second       # then one read for all of them
-    assert all("_SYSTEMD_UNIT=agentops-%s.service" % n in second[0] for n in ("j1", "j2", "j3"))
-    hb = json.load(open(heartbeat.state_path(args, "j1")))
-    assert abs(hb["journal_seen"] - now_us / 1e6) < 1
-
-
 def test_status_lines_of_the_watcher():
     from ansible_collections.agentops.fleet.plugins.module_utils import agentops_status
     now = 1_800_000_000.0

@@ -8,7 +8,11 @@ every agent in ``agents.d``:
   crash loop from ``OnFailure=``), resolved once the unit ran without a restart for a while;
 * progress (every tick for ``journal`` and ``file``, every ``interval`` for ``command``):
   no progress for ``max_silence`` while the unit is active -> ``<agent>/silent``; outside
-  ``active_hours`` silence is not alerted;
+  ``active_hours`` silence is not alerted. Journal progress is the agent's newest journal line
+  (``agentops_host.journal``: each agent's own lines, matched on the trusted ``_SYSTEMD_UNIT``, read
+  with bounds per agent, so one agent's volume never hides another's progress). A read that fails or
+  times out leaves the progress unknown: never ``silent``, never a recovery restart; unknown for longer
+  than ``max_silence`` -> ``<agent>/progress-unknown`` (warning), resolved by the next read that works;
 * scheduled agents (``schedule``, ``agentops_host.schedule``): a run in progress (``activating``) is checked
   for progress, the agent is not down between runs (after a failed run ``<agent>/down`` stays open until a
   run succeeds), and a missed run (timer stopped or disabled, or not fired within ``schedule_grace`` of the
@@ -29,13 +33,14 @@ every agent in ``agents.d``:
   fail or hold up the run: pings share one 10 s budget, a missing metrics directory is skipped;
   both are recorded in ``<state_dir>/.heartbeat/run.json`` for ``agentops status``.
 
-Cost: one ``systemctl show`` for all units and one ``journalctl`` for the journal progress of all
-agents since the previous run (an agent the previous run did not see is read on its own once).
+Cost: one ``systemctl show`` for all units and one ``journalctl`` for the journal progress of the quiet
+agents since the previous run; an agent that is new, was not read for an hour or logged
+``journal.BUSY_LINES`` lines or more between two runs is read on its own, newest first and bounded
+(``agentops_host.journal.read``).
 
 Every condition that clears sends exactly one ``resolved`` (see alert.resolve).
 """
 import datetime
-import json
 import os
 import pwd
 import subprocess
@@ -45,6 +50,7 @@ from agentops_host import alert
 from agentops_host import check_auth as checkauth
 from agentops_host import config as hostconfig
 from agentops_host import deadman
+from agentops_host import journal as journalreader
 from agentops_host import metrics
 from agentops_host import recovery
 from agentops_host import rotate
@@ -67,11 +73,6 @@ DEFAULT_MAX_SILENCE = 30 * 60.0
 DEFAULT_DISK_THRESHOLD = 90.0
 COMMAND_TIMEOUT_MAX = 60.0
 RUN_FILE = "run.json"
-# The journal is read once per run since the previous run's start minus this slack (journald may
-# store a line a little after its timestamp); an agent not seen within JOURNAL_BATCH_MAX_AGE is read alone.
-JOURNAL_SLACK = 60.0
-JOURNAL_BATCH_MAX_AGE = 3600.0
-JOURNAL_MAX_LINES = 200000
 SYSTEMCTL_TIMEOUT = 60.0
 # ActiveState values that count as running.
 RUNNING = ("active", "reloading")
@@ -214,13 +215,20 @@ def last_progress(agent, props, hbstate, now=None, run_command=False, journal=No
 
     The start of the current activation counts as progress, so a freshly started agent is
     given ``max_silence`` before it is called silent. ``journal``: a callable returning the newest
-    journal time of the unit (the heartbeat's one read for all agents); default: journalctl for this unit.
+    journal time of the unit (the heartbeat's read of this run); default: the unit's newest journal
+    entry (one bounded read), else what the heartbeat recorded.
     """
     hb = agent.get("heartbeat") or {}
     mode = hb.get("progress") or "journal"
     seen = None
     if mode == "journal":
-        seen = journal(agent) if journal is not None else systemd.last_journal_time(agent["unit"])
+        if journal is not None:
+            seen = journal(agent)
+        else:
+            seen, _ok = journalreader.newest(agent["unit"])
+            recorded = hbstate.get("journal_seen")
+            if isinstance(recorded, (int, float)) and not isinstance(recorded, bool):
+                seen = max(seen or 0.0, float(recorded)) or None
     elif mode == "file":
         seen, problem = entry_mtime(agent, hb.get("file") or "heartbeat")
         _note_unsafe(agent, hbstate, "progress_file", problem)
@@ -274,83 +282,26 @@ def show_all(units, timeout=SYSTEMCTL_TIMEOUT):
     return dict((unit, found[unit]) for unit in units if unit in found)
 
 
-class Journal:
-    """The newest journal time of many units from one ``journalctl`` since the previous run.
+def journal_agents(agents):
+    """The agents whose journal lines the heartbeat reads: those with ``progress: journal``."""
+    return [a for a in agents if ((a.get("heartbeat") or {}).get("progress") or "journal") == "journal"]
 
-    ``previous``: the start (epoch) of the previous heartbeat run, None when unknown. An agent whose
-    state shows it was not read in that run (new, or its state is gone) is read alone, once
-    (``systemd.last_journal_time``); the others keep their recorded time, raised by what the one
-    read since the previous run (minus ``JOURNAL_SLACK``) found. journalctl reads newest first and
-    is stopped once every unit was seen (or after ``JOURNAL_MAX_LINES`` lines).
-    """
 
-    def __init__(self, previous, now):
-        self.previous = previous if previous and 0 < now - previous <= JOURNAL_BATCH_MAX_AGE else None
-        self.now = now
-        self.seen = {}
-        self.known = {}
-        self.alone = set()
+class JournalReads:
+    """This run's journal reads (``agentops_host.journal.read``): each journal agent's new lines and newest
+    entry time since its position in its heartbeat state; ``batch``: the record the next run starts from."""
 
-    def plan(self, agents, hbstates):
-        """Decide which agents' units the one read covers; remember what their state recorded."""
-        batch = []
-        for agent in agents:
-            if ((agent.get("heartbeat") or {}).get("progress") or "journal") != "journal":
-                continue
-            hbstate = hbstates.get(agent["name"]) or {}
-            checked = hbstate.get("journal_checked")
-            if (self.previous is None or not isinstance(checked, (int, float))
-                    or checked < self.previous - 1.0):
-                self.alone.add(agent["unit"])
-                continue
-            recorded = hbstate.get("journal_seen")
-            self.known[agent["unit"]] = recorded if isinstance(recorded, (int, float)) else None
-            batch.append(agent["unit"])
-        if batch:
-            self._read(batch, self.previous - JOURNAL_SLACK)
-        for unit in batch:
-            if self.known.get(unit) is not None:
-                self.seen[unit] = max(self.known[unit], self.seen.get(unit) or 0)
+    def __init__(self, agents, hbstates, now, batch=None):
+        positions = dict((a["unit"], journalreader.Position.from_state(hbstates.get(a["name"]), now))
+                         for a in journal_agents(agents))
+        self.results, self.batch = journalreader.read(positions, now, batch) if positions else ({}, batch)
 
-    def _read(self, units, since):
-        argv = [systemd.JOURNALCTL, "--no-pager", "-q", "-r", "-o", "json", "--output-fields=_SYSTEMD_UNIT",
-                "--since", "@%d" % int(since)] + ["_SYSTEMD_UNIT=%s" % unit for unit in units]
-        wanted = set(units)
-        try:
-            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        except OSError:
-            return
-        lines = 0
-        try:
-            for line in proc.stdout:
-                lines += 1
-                try:
-                    entry = json.loads(line)
-                except ValueError:
-                    continue
-                unit = entry.get("_SYSTEMD_UNIT") if isinstance(entry, dict) else None
-                if unit in wanted and unit not in self.seen:
-                    stamp = systemd.as_int(entry.get("__REALTIME_TIMESTAMP"), 0)
-                    if stamp:
-                        self.seen[unit] = stamp / 1e6
-                        if len(self.seen) >= len(wanted):
-                            break
-                if lines >= JOURNAL_MAX_LINES:
-                    break
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            proc.stdout.close()
-            proc.wait()
-
-    def checked(self, agent):
-        return agent["unit"] in self.known or agent["unit"] in self.alone
+    def result(self, agent):
+        return self.results.get(agent["unit"])
 
     def newest(self, agent):
-        unit = agent["unit"]
-        if unit in self.alone and unit not in self.seen:
-            self.seen[unit] = systemd.last_journal_time(unit)
-        return self.seen.get(unit)
+        result = self.result(agent)
+        return result.progress if result is not None else None
 
 
 def is_up(agent, props):
@@ -426,11 +377,41 @@ class Checker:
             self.check_rotation(agent, hbstate)
             hbstate["last_full_check"] = now
         hbstate.update(last_check=now, active_state=active, sub_state=sub, nrestarts=restarts, unit=unit)
-        if self.journal is not None and self.journal.checked(agent):
-            hbstate["journal_seen"] = self.journal.seen.get(unit, hbstate.get("journal_seen"))
-            hbstate["journal_checked"] = now
+        self.record_journal(agent, hbstate, now)
         state.write_json(state_path(self.args, name), hbstate)
         self.samples.append((agent, props, hbstate))
+
+    def record_journal(self, agent, hbstate, now):
+        """Save the agent's journal position (only a read that worked moves it) and note what changed."""
+        result = self.journal.result(agent) if self.journal is not None else None
+        if result is None:
+            if self.journal is not None:  # not read by the heartbeat (progress: file or command)
+                for key in ("journal_cursor", "journal_floor", "journal_checked", "journal_seen", "journal_loud",
+                            "journal_truncated", "journal_unknown_since", "journal_error"):
+                    hbstate.pop(key, None)
+            return
+        name = agent["name"]
+        result.save(hbstate)
+        if result.ok:
+            hbstate.pop("journal_unknown_since", None)
+            hbstate.pop("journal_error", None)
+            self._resolve("%s/progress-unknown" % name, title="%s: journal read again, progress known" % name,
+                          agent=name, unit=agent["unit"])
+            if result.truncated and not hbstate.get("journal_truncated"):
+                alert.log("heartbeat %s: more than %d new journal lines since the last run: its newest %d read, "
+                          "the older ones skipped (logged once until it logs less)"
+                          % (name, journalreader.LINES_MAX, journalreader.LINES_MAX))
+            elif hbstate.get("journal_truncated") and not result.truncated:
+                alert.log("heartbeat %s: %d new journal lines since the last run: all read again"
+                          % (name, len(result.lines)))
+            hbstate["journal_truncated"] = result.truncated
+            return
+        since = hbstate.get("journal_unknown_since")
+        if not isinstance(since, (int, float)) or isinstance(since, bool) or since > now:
+            hbstate["journal_unknown_since"] = now
+        if hbstate.get("journal_error") != result.error:
+            alert.log("heartbeat %s: journal not read, progress unknown: %s" % (name, result.error))
+        hbstate["journal_error"] = result.error
 
     def check_liveness(self, agent, props, hbstate, now, expected):
         name, unit = agent["name"], agent["unit"]
@@ -481,6 +462,10 @@ class Checker:
                 self._resolve(key, title="%s is no longer running: silence check suspended" % unit,
                               agent=name, unit=unit)
             return
+        result = self.journal.result(agent) if self.journal is not None else None
+        if result is not None and not result.ok:
+            self.check_unknown(agent, props, hbstate, now, max_silence, result)
+            return
         seen = last_progress(agent, props, hbstate, now=now, run_command=due,
                              journal=self.journal.newest if self.journal is not None else None)
         hbstate["last_progress"] = seen
@@ -495,6 +480,22 @@ class Checker:
                            agent=name, unit=unit)
         elif age is not None:
             self._resolve(key, title="%s makes progress again (last %ds ago)" % (name, age), agent=name, unit=unit)
+
+    def check_unknown(self, agent, props, hbstate, now, max_silence, result):
+        """The journal read of this run failed: progress unknown. Not silent (the silent alert is neither
+        raised nor resolved, no recovery restart); unknown longer than max_silence -> progress-unknown."""
+        name, unit = agent["name"], agent["unit"]
+        hbstate["last_progress"] = None
+        since = hbstate.get("journal_unknown_since")
+        since = since if isinstance(since, (int, float)) and not isinstance(since, bool) else now
+        started = last_progress(agent, props, {}, now=now, journal=lambda _agent: None)
+        unknown = now - max(since, started or 0.0)
+        if unknown > max_silence:
+            self._emit("warning", "%s/progress-unknown" % name,
+                       "%s: progress unknown for %ds (max_silence %ds): its journal cannot be read"
+                       % (name, unknown, max_silence),
+                       "%s\nUntil a read works the agent is not called silent and on_hang does not restart it."
+                       % (result.error or "journal read failed"), agent=name, unit=unit)
 
     def check_workstate(self, agent, props, now, hbstate=None):
         name, unit = agent["name"], agent["unit"]
@@ -678,9 +679,8 @@ def run(args):
                     hbstates[name] = load_state(args, name)
             checker.open_keys = set(a.get("key") for a in alert.open_alerts(args))
             checker.props = show_all([a["unit"] for a in agents] + schedule.timer_units(agents))
-            last = previous.get("started")
-            checker.journal = Journal(last if isinstance(last, (int, float)) and not args.agent else None, now)
-            checker.journal.plan(agents, hbstates)
+            checker.journal = JournalReads(agents, hbstates, now, previous.get("journal"))
+            record["journal"] = checker.journal.batch
             for agent in agents:
                 try:
                     checker.check_agent(agent, now)

@@ -1,5 +1,4 @@
 """Reading unit state and journal lines through systemctl and journalctl."""
-import json
 import subprocess
 import time
 
@@ -61,27 +60,8 @@ def uptime_seconds(props):
     return max(0.0, time.time() - since)
 
 
-def last_journal_time(unit):
-    """Epoch seconds of the newest journal entry written by the unit's processes, or None."""
-    proc = _run([JOURNALCTL, "--no-pager", "-q", "-o", "json", "-n", "1",
-                 "_SYSTEMD_UNIT=%s" % unit])
-    if proc.returncode != 0:
-        return None
-    newest = None
-    for line in proc.stdout.splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        stamp = as_int(entry.get("__REALTIME_TIMESTAMP"), 0)
-        if stamp and (newest is None or stamp / 1e6 > newest):
-            newest = stamp / 1e6
-    return newest
-
-
 def journal_tail(unit, lines=20):
-    """The last ``lines`` journal lines of ``unit`` (its own output and systemd's messages about it)."""
-    proc = _run([JOURNALCTL, "--no-pager", "-q", "-o", "short-iso", "-n", str(int(lines)), "-u", unit])
-    if proc.returncode != 0:
-        return "(journalctl failed: %s)" % proc.stderr.strip()[:200]
-    return proc.stdout.rstrip("\n")
+    """The last ``lines`` journal lines about ``unit``: its own processes' lines and systemd's messages
+    about it, attributed by trusted fields and bounded (``agentops_host.journal.tail``)."""
+    from agentops_host import journal  # pylint: disable=import-outside-toplevel  # journal imports this module
+    return journal.tail(unit, lines)
