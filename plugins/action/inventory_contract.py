@@ -29,18 +29,9 @@ FACT = "agentops_contract_checked"
 
 
 def _redacted(value):
-    """The inventory with every credential value replaced: the digest never depends on a secret."""
-    if isinstance(value, list):
-        return [_redacted(item) for item in value]
-    if isinstance(value, dict):
-        out = {}
-        for key, item in value.items():
-            if key in ("credentials", "bot_token", "url", "headers", "password", "token", "routing_key"):
-                out[key] = "<%s>" % type(item).__name__
-            else:
-                out[key] = _redacted(item)
-        return out
-    return value
+    """The inventory with every secret replaced by its type (agentops_contract.SECRET_FIELDS): the digest never
+    depends on a secret."""
+    return contract.redact_secrets(value, lambda secret: "<%s>" % type(secret).__name__)
 
 
 def _trusted(value):

@@ -503,6 +503,35 @@ def role_errors(role, values):
     return errors
 
 
+# --------------------------------------------------------------------------- secrets
+# The fields whose values are secrets wherever they appear: alert channels (agentops.json), dead man's switch
+# entries (heartbeat.json), auth checks (agents.d/<name>.json) and the inventory itself. Their values are never
+# shown: not in a message, a --diff (agent_files) or the contract's digest (inventory_contract), and the alert
+# path masks them in every line it logs. Every value of a SECRET_MAPPINGS mapping is a secret (header values,
+# credentials by name); its keys are not, nor a list under that name (the credential names of agents.d).
+SECRET_FIELDS = ("bot_token", "url", "token", "routing_key", "password", "secret")
+SECRET_MAPPINGS = ("headers", "credentials")
+
+
+def redact_secrets(value, mask):
+    """``value`` (lists and mappings, any depth) with every secret replaced by ``mask(secret)``: the value of a
+    SECRET_FIELDS key, and each value of a SECRET_MAPPINGS mapping (the whole value when it is neither a mapping
+    nor a list)."""
+    if isinstance(value, list):
+        return [redact_secrets(item, mask) for item in value]
+    if not isinstance(value, dict):
+        return value
+    out = {}
+    for key, item in value.items():
+        if key in SECRET_MAPPINGS and isinstance(item, dict):
+            out[key] = dict((name, mask(secret)) for name, secret in item.items())
+        elif key in SECRET_FIELDS or (key in SECRET_MAPPINGS and not isinstance(item, list)):
+            out[key] = mask(item)
+        else:
+            out[key] = redact_secrets(item, mask)
+    return out
+
+
 # --------------------------------------------------------------------------- alert channels
 CHANNEL_FIELDS = {
     "telegram": ("type", "bot_token", "chat_id", "api_url"),
