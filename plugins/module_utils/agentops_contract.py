@@ -24,6 +24,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import decimal
+import difflib
 import re
 import shlex
 
@@ -493,6 +494,30 @@ REMOVED_VARIABLES["agentops_alert_disk_threshold_percent"] = (
 def removed_errors(names):
     """Messages for the removed variables among ``names`` (the variables an inventory sets)."""
     return ["%s: %s" % (name, REMOVED_VARIABLES[name]) for name in sorted(names) if name in REMOVED_VARIABLES]
+
+
+VARIABLE_PREFIX = "agentops_"
+
+
+def unknown_variable_errors(names, known, documented):
+    """Messages for the ``agentops_*`` variables among ``names`` that agentops.fleet does not know.
+
+    ``known``: every name the collection reads or sets itself (the roles' options, the playbook variables,
+    its own facts, registered results and role vars); ``documented``: the names a user sets (the roles'
+    options and the playbook variables), the only ones offered as "did you mean". A removed variable has
+    its own message (:func:`removed_errors`); a name without the prefix belongs to someone else.
+    """
+    known = set(known)
+    offered = sorted(set(documented))
+    errors = []
+    for name in sorted(n for n in names if isinstance(n, str)):
+        if not name.startswith(VARIABLE_PREFIX) or name in known or name in REMOVED_VARIABLES:
+            continue
+        close = difflib.get_close_matches(name, offered, n=1, cutoff=0.8)
+        errors.append("%s: unknown variable, no role or playbook of agentops.fleet reads it%s (known variables: "
+                      "each role's README and docs/inventory.md; the agentops_ prefix is the collection's own)"
+                      % (name, "; did you mean `%s`?" % close[0] if close else ""))
+    return errors
 
 
 def role_errors(role, values):
