@@ -573,6 +573,10 @@ BOT_TOKEN_BAD_RE = re.compile(r"[\s/?#%]")
 # Set by the alert path itself: a channel's headers cannot replace them.
 RESERVED_HEADERS = ("host", "content-length", "connection", "transfer-encoding")
 ROUTING_KEY_RE = re.compile(r"^[A-Za-z0-9]{32}\Z")
+# Telegram chat ids: a non-zero integer (groups and channels are negative: -100... for supergroups and channels)
+# or the public username of a channel, @name.
+CHAT_NUMBER_RE = re.compile(r"^-?[1-9][0-9]{0,18}\Z")
+CHAT_USERNAME_RE = re.compile(r"^@[A-Za-z][A-Za-z0-9_]{2,30}[A-Za-z0-9]\Z")
 SMTP_SECURITY = ("starttls", "tls", "none")
 # A DNS name, an IPv4 address or a bare IPv6 address (getaddrinfo takes no brackets).
 SMTP_HOST_RE = re.compile(r"^(?:(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}"
@@ -580,6 +584,23 @@ SMTP_HOST_RE = re.compile(r"^(?:(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?
 # A bare address (no display name, no comments): what smtplib puts into MAIL FROM / RCPT TO.
 MAIL_ADDRESS_RE = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9.-]{0,253}[A-Za-z0-9])?\Z")
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+def chat_id_problem(value):
+    """Why ``value`` is not a Telegram chat id: an integer (negative for groups and channels), as a number or a
+    string of digits, or ``@channelname``, the public username of a channel (Telegram's rules: a letter, then
+    letters, digits and underscores, 4 to 32 characters, not ending in an underscore)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return "is required: the chat's number, such as \"-1001234567890\", or @channelname"
+    if isinstance(value, int) and not isinstance(value, bool) and value != 0 and abs(value) < _UINT64 >> 1:
+        return None
+    if isinstance(value, str) and (CHAT_NUMBER_RE.match(value) or CHAT_USERNAME_RE.match(value)):
+        return None
+    shown = repr(value) if isinstance(value, (str, int, float)) and not UNSAFE_CHARS_RE.search(str(value)) \
+        else "a %s" % type(value).__name__
+    return ("must be the chat's number, such as \"-1001234567890\" (negative for groups and channels), or "
+            "@channelname, a channel's public username (a letter, then letters, digits and underscores, 4 to 32 "
+            "characters); got %s" % shown)
 
 
 def _url_problem(value, secret=True):
@@ -680,9 +701,9 @@ def _channel_problems(ctype, channel):
         elif BOT_TOKEN_BAD_RE.search(token) or UNSAFE_CHARS_RE.search(token):
             problems.append(("bot_token", "must not contain spaces, control characters, '/', '?', '#' or '%' "
                                           "(value not shown)"))
-        chat = channel.get("chat_id")
-        if isinstance(chat, bool) or chat is None or not str(chat).strip() or UNSAFE_CHARS_RE.search(str(chat)):
-            problems.append(("chat_id", "is required, one line"))
+        problem = chat_id_problem(channel.get("chat_id"))
+        if problem:
+            problems.append(("chat_id", problem))
         if "api_url" in channel and _url_problem(channel["api_url"]):
             problems.append(("api_url", "must be an http:// or https:// URL"))
     elif ctype in ("webhook", "slack", "discord", "ntfy"):

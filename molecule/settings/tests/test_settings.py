@@ -175,6 +175,9 @@ REJECTED = {
     "unknown-variable": ({"agentops_agent": [{"name": "plain", "command": "/bin/true"}]},
                          "agentops_agent: unknown variable, no role or playbook of agentops.fleet reads it; "
                          "did you mean `agentops_agents`?"),
+    "telegram-chat-id": ({"agentops_alert_channels": [{"type": "telegram", "bot_token": "4242:settings-bot-token",
+                                                       "chat_id": "my team chat"}]},
+                         "agentops_alert_channels[0] (telegram).chat_id must be the chat's number"),
 }
 
 
