@@ -24,23 +24,17 @@ from ansible_collections.agentops.fleet.plugins.module_utils import agentops_con
 from ansible_collections.agentops.fleet.plugins.module_utils import agentops_runtime as runtime
 
 ROLES = ("common", "journald", "alerts", "agents", "heartbeat", "token_rotation", "auth")
-ROLES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "roles")
+COLLECTION_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
+ROLES_DIR = os.path.join(COLLECTION_DIR, "roles")
+# The agentops_* variables besides the roles' options: playbook variables (documented) and the collection's own.
+VARIABLES_FILE = os.path.join(COLLECTION_DIR, "meta", "variables.yml")
 FACT = "agentops_contract_checked"
 
 
 def _redacted(value):
-    """The inventory with every credential value replaced: the digest never depends on a secret."""
-    if isinstance(value, list):
-        return [_redacted(item) for item in value]
-    if isinstance(value, dict):
-        out = {}
-        for key, item in value.items():
-            if key in ("credentials", "bot_token", "url", "headers", "password", "token", "routing_key"):
-                out[key] = "<%s>" % type(item).__name__
-            else:
-                out[key] = _redacted(item)
-        return out
-    return value
+    """The inventory with every secret replaced by its type (agentops_contract.SECRET_FIELDS): the digest never
+    depends on a secret."""
+    return contract.redact_secrets(value, lambda secret: "<%s>" % type(secret).__name__)
 
 
 def _trusted(value):
@@ -70,6 +64,35 @@ class ActionModule(ActionBase):
         if not os.path.isfile(path):
             raise AnsibleError("agentops.fleet.inventory_contract: unknown role %r" % role)
         return _trusted(self._loader.load_from_file(path) or {})
+
+    def _load(self, path):
+        try:
+            return self._loader.load_from_file(path) or {}
+        except AnsibleError as exc:
+            raise AnsibleError("agentops.fleet.inventory_contract: cannot read %s: %s" % (path, exc))
+
+    def _role_options(self):
+        """Every option of every role's meta/argument_specs.yml (all entry points)."""
+        names = set()
+        for role in sorted(os.listdir(ROLES_DIR)):
+            path = os.path.join(ROLES_DIR, role, "meta", "argument_specs.yml")
+            if os.path.isfile(path):
+                for entry in (self._load(path).get("argument_specs") or {}).values():
+                    names.update((entry or {}).get("options") or {})
+        return names
+
+    def _variable_errors(self, task_vars, checked):
+        """The agentops_* variables of this host that no role or playbook of the collection knows (a typo would
+        otherwise be ignored and the default applied); checked once per host and set of names."""
+        listed = self._load(VARIABLES_FILE)
+        internal = set(listed.get("internal") or [])
+        names = sorted(name for name in task_vars
+                       if isinstance(name, str) and name.startswith(contract.VARIABLE_PREFIX) and name not in internal)
+        marker = "variables:" + hashlib.sha256("\n".join(names).encode("utf-8")).hexdigest()[:24]
+        if marker in checked:
+            return [], None
+        documented = self._role_options() | set(listed.get("settings") or {})
+        return contract.unknown_variable_errors(names, documented | internal, documented), marker
 
     def _value(self, name, task_vars, defaults):
         raw = task_vars[name] if name in task_vars else defaults[name]
@@ -158,6 +181,10 @@ class ActionModule(ActionBase):
                         % (", ".join(map(str, unknown)), ", ".join(ROLES)))
         checked = list(task_vars.get(FACT) or [])
         errors = contract.removed_errors([name for name in task_vars if name.startswith("agentops_")])
+        variable_errors, marker = self._variable_errors(task_vars, checked)
+        errors.extend(variable_errors)
+        if marker is not None:
+            checked.append(marker)
         new_facts = {}
         validated = []
         parts = []

@@ -3,8 +3,8 @@
 # MIT License (see LICENSE)
 """Documentation of the file and directory entries of agentops.fleet.agent_files.
 
-files and secret_files take the same entries (the module's FILE_OPTIONS); path, owner and group are shared
-with directories. Each suboption is written once here.
+files and secret_files take the same entries (the module's FILE_OPTIONS; in files the content may come from
+secret_contents); path, owner and group are shared with directories. Each suboption is written once here.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -27,14 +27,22 @@ _OWNER = r"""
         type: str
         default: root"""
 
-# The suboptions of one file entry.
-_FILE_ENTRY = _PATH + r"""
+# The content of a file entry: required in secret_files; in files it may come from secret_contents instead.
+_CONTENT = r"""
       content:
         description:
           - Complete content of the file.
           - In O(secret_files), a secret that is never returned, logged or diffed.
         type: str
-        required: true""" + _OWNER + r"""
+        required: true"""
+_FILES_CONTENT = r"""
+      content:
+        description:
+          - Complete content of the file.
+          - Required unless the path is a key of O(secret_contents), which then holds the content.
+        type: str"""
+# The suboptions of one file entry after its content.
+_FILE_ENTRY = _OWNER + r"""
       mode:
         description: Octal mode as a string, e.g. C(0644).
         type: str
@@ -55,18 +63,20 @@ class ModuleDocFragment(object):
     DOCUMENTATION = r"""
 options:
   files:
-    description: Files whose content is not secret (a diff is returned in diff mode).
+    description:
+      - Files, with a diff in diff mode. A file holding secrets among other settings takes its content from
+        O(secret_contents) (diffed with the secret values masked); a file that is a secret goes to O(secret_files).
     type: list
     elements: dict
     default: []
-    suboptions:""" + _FILE_ENTRY + r"""
+    suboptions:""" + _PATH + _FILES_CONTENT + _FILE_ENTRY + r"""
   secret_files:
     description:
       - Like O(files), for secrets. Contents are never returned, logged or diffed.
     type: list
     elements: dict
     default: []
-    suboptions:""" + _FILE_ENTRY + r"""
+    suboptions:""" + _PATH + _CONTENT + _FILE_ENTRY + r"""
   directories:
     description: Directories to create or fix (owner, group, mode). Parents must exist.
     type: list

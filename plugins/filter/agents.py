@@ -20,8 +20,8 @@ from ansible.errors import AnsibleFilterError
 
 from ansible_collections.agentops.fleet.plugins.module_utils.agentops_systemd import parse_show
 from ansible_collections.agentops.fleet.plugins.module_utils.agentops_contract import (
-    agents_errors, agents_normalize, agents_user_errors, heartbeat_settings, heartbeat_tick, settings_errors,
-    timespan_seconds)
+    agents_errors, agents_normalize, agents_user_errors, heartbeat_settings, heartbeat_tick, redact_secrets,
+    settings_errors, timespan_seconds)
 from ansible_collections.agentops.fleet.plugins.module_utils import agentops_status
 
 try:
@@ -68,16 +68,44 @@ def _config_json(config):
     return json.dumps(config, indent=2, sort_keys=True, separators=(",", ": ")) + "\n"
 
 
+def _holds_secret(content):
+    """True when ``content`` (a JSON document) has a secret field (agentops_contract.SECRET_FIELDS); a content
+    that is not JSON counts as one."""
+    try:
+        data = json.loads(content)
+    except (TypeError, ValueError):
+        return True
+    return redact_secrets(data, lambda secret: None) != data
+
+
+def secret_json_files(entries):
+    """agent_files arguments ({files, secret_contents}) for ``entries`` of ``files`` whose content is JSON that
+    may hold secrets: the content of an entry holding one moves to ``secret_contents`` (a no_log option: never in
+    the host's journal or the output; its diff masks the secret values), the others keep theirs (a full diff)."""
+    secret_contents = {}
+    return {"files": [_secret_entry(entry, secret_contents) for entry in entries or []],
+            "secret_contents": secret_contents}
+
+
+def _secret_entry(entry, secret_contents):
+    """``entry`` of ``files``, its content moved to ``secret_contents`` when it holds a secret."""
+    if not _holds_secret(entry.get("content")):
+        return entry
+    secret_contents[entry["path"]] = entry["content"]
+    return dict((key, value) for key, value in entry.items() if key != "content")
+
+
 def agents_files(agents, role_path, paths, systemd_version=None, profile_directives=None):
-    """The agent_files arguments (users, directories, files) of every present agent.
+    """The agent_files arguments (users, directories, files, secret_contents) of every present agent.
 
     ``agents``: the effective settings (``agents_normalize``). Users with their state directory,
     ``AGENTS.md`` (rewritten), ``WORKSTATE.md`` (seeded once: ``force: false``), the unit and the
-    ``agents.d`` settings file. Templates come from ``<role_path>/templates``; no secret is read.
+    ``agents.d`` settings file. Templates come from ``<role_path>/templates``; no credential is read. An
+    ``agents.d`` file with a secret in it (auth check header values) goes through ``secret_contents``.
     """
     present = _present(agents)
     templates = os.path.join(str(role_path), "templates")
-    users, directories, files, units = [], [], [], []
+    users, directories, files, units, secret_contents = [], [], [], [], {}
     for agent in present:
         owner = {"owner": agent["user"], "group": agent["user"]}
         users.append({"name": agent["user"], "home": agent["state_dir"], "comment": "agentops agent %s" % agent["name"]})
@@ -96,8 +124,9 @@ def agents_files(agents, role_path, paths, systemd_version=None, profile_directi
         if agent.get("schedule"):
             units.append({"path": "%s/%s" % (paths["units"], agent["timer"]), "mode": "0644",
                           "content": render_template(templates, "agent.timer.j2", agent=agent)})
-        units.append({"path": agent["config_file"], "mode": "0600", "content": _config_json(agent["config"])})
-    return {"users": users, "directories": directories, "files": files + units}
+        units.append(_secret_entry({"path": agent["config_file"], "mode": "0600",
+                                    "content": _config_json(agent["config"])}, secret_contents))
+    return {"users": users, "directories": directories, "files": files + units, "secret_contents": secret_contents}
 
 
 def agents_credential_files(agents, inventory_agents):
@@ -368,6 +397,7 @@ class FilterModule(object):
             "systemctl_show": systemctl_show,
             "timespan_seconds": timespan_seconds,
             "agents_files": agents_files,
+            "secret_json_files": secret_json_files,
             "agents_credential_files": agents_credential_files,
             "agents_absent_paths": agents_absent_paths,
             "agents_unit_actions": agents_unit_actions,

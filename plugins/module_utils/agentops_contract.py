@@ -24,6 +24,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import decimal
+import difflib
 import re
 import shlex
 
@@ -496,12 +497,65 @@ def removed_errors(names):
     return ["%s: %s" % (name, REMOVED_VARIABLES[name]) for name in sorted(names) if name in REMOVED_VARIABLES]
 
 
+VARIABLE_PREFIX = "agentops_"
+
+
+def unknown_variable_errors(names, known, documented):
+    """Messages for the ``agentops_*`` variables among ``names`` that agentops.fleet does not know.
+
+    ``known``: every name the collection reads or sets itself (the roles' options, the playbook variables,
+    its own facts, registered results and role vars); ``documented``: the names a user sets (the roles'
+    options and the playbook variables), the only ones offered as "did you mean". A removed variable has
+    its own message (:func:`removed_errors`); a name without the prefix belongs to someone else.
+    """
+    known = set(known)
+    offered = sorted(set(documented))
+    errors = []
+    for name in sorted(n for n in names if isinstance(n, str)):
+        if not name.startswith(VARIABLE_PREFIX) or name in known or name in REMOVED_VARIABLES:
+            continue
+        close = difflib.get_close_matches(name, offered, n=1, cutoff=0.8)
+        errors.append("%s: unknown variable, no role or playbook of agentops.fleet reads it%s (known variables: "
+                      "each role's README and docs/inventory.md; the agentops_ prefix is the collection's own)"
+                      % (name, "; did you mean `%s`?" % close[0] if close else ""))
+    return errors
+
+
 def role_errors(role, values):
     """Problems of one role's variables ({name: value}, agentops_agents excluded); [] when valid."""
     errors = settings_errors(values)
     if role == "alerts" and "agentops_alert_channels" in values:
         errors.extend(channels_errors(values["agentops_alert_channels"]))
     return errors
+
+
+# --------------------------------------------------------------------------- secrets
+# The fields whose values are secrets wherever they appear: alert channels (agentops.json), dead man's switch
+# entries (heartbeat.json), auth checks (agents.d/<name>.json) and the inventory itself. Their values are never
+# shown: not in a message, a --diff (agent_files) or the contract's digest (inventory_contract), and the alert
+# path masks them in every line it logs. Every value of a SECRET_MAPPINGS mapping is a secret (header values,
+# credentials by name); its keys are not, nor a list under that name (the credential names of agents.d).
+SECRET_FIELDS = ("bot_token", "url", "token", "routing_key", "password", "secret")
+SECRET_MAPPINGS = ("headers", "credentials")
+
+
+def redact_secrets(value, mask):
+    """``value`` (lists and mappings, any depth) with every secret replaced by ``mask(secret)``: the value of a
+    SECRET_FIELDS key, and each value of a SECRET_MAPPINGS mapping (the whole value when it is neither a mapping
+    nor a list)."""
+    if isinstance(value, list):
+        return [redact_secrets(item, mask) for item in value]
+    if not isinstance(value, dict):
+        return value
+    out = {}
+    for key, item in value.items():
+        if key in SECRET_MAPPINGS and isinstance(item, dict):
+            out[key] = dict((name, mask(secret)) for name, secret in item.items())
+        elif key in SECRET_FIELDS or (key in SECRET_MAPPINGS and not isinstance(item, list)):
+            out[key] = mask(item)
+        else:
+            out[key] = redact_secrets(item, mask)
+    return out
 
 
 # --------------------------------------------------------------------------- alert channels
@@ -520,6 +574,10 @@ BOT_TOKEN_BAD_RE = re.compile(r"[\s/?#%]")
 # Set by the alert path itself: a channel's headers cannot replace them.
 RESERVED_HEADERS = ("host", "content-length", "connection", "transfer-encoding")
 ROUTING_KEY_RE = re.compile(r"^[A-Za-z0-9]{32}\Z")
+# Telegram chat ids: a non-zero integer (groups and channels are negative: -100... for supergroups and channels)
+# or the public username of a channel, @name.
+CHAT_NUMBER_RE = re.compile(r"^-?[1-9][0-9]{0,18}\Z")
+CHAT_USERNAME_RE = re.compile(r"^@[A-Za-z][A-Za-z0-9_]{2,30}[A-Za-z0-9]\Z")
 SMTP_SECURITY = ("starttls", "tls", "none")
 # A DNS name, an IPv4 address or a bare IPv6 address (getaddrinfo takes no brackets).
 SMTP_HOST_RE = re.compile(r"^(?:(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}"
@@ -527,6 +585,23 @@ SMTP_HOST_RE = re.compile(r"^(?:(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?
 # A bare address (no display name, no comments): what smtplib puts into MAIL FROM / RCPT TO.
 MAIL_ADDRESS_RE = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9.-]{0,253}[A-Za-z0-9])?\Z")
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+def chat_id_problem(value):
+    """Why ``value`` is not a Telegram chat id: an integer (negative for groups and channels), as a number or a
+    string of digits, or ``@channelname``, the public username of a channel (Telegram's rules: a letter, then
+    letters, digits and underscores, 4 to 32 characters, not ending in an underscore)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return "is required: the chat's number, such as \"-1001234567890\", or @channelname"
+    if isinstance(value, int) and not isinstance(value, bool) and value != 0 and abs(value) < _UINT64 >> 1:
+        return None
+    if isinstance(value, str) and (CHAT_NUMBER_RE.match(value) or CHAT_USERNAME_RE.match(value)):
+        return None
+    shown = repr(value) if isinstance(value, (str, int, float)) and not UNSAFE_CHARS_RE.search(str(value)) \
+        else "a %s" % type(value).__name__
+    return ("must be the chat's number, such as \"-1001234567890\" (negative for groups and channels), or "
+            "@channelname, a channel's public username (a letter, then letters, digits and underscores, 4 to 32 "
+            "characters); got %s" % shown)
 
 
 def _url_problem(value, secret=True):
@@ -627,9 +702,9 @@ def _channel_problems(ctype, channel):
         elif BOT_TOKEN_BAD_RE.search(token) or UNSAFE_CHARS_RE.search(token):
             problems.append(("bot_token", "must not contain spaces, control characters, '/', '?', '#' or '%' "
                                           "(value not shown)"))
-        chat = channel.get("chat_id")
-        if isinstance(chat, bool) or chat is None or not str(chat).strip() or UNSAFE_CHARS_RE.search(str(chat)):
-            problems.append(("chat_id", "is required, one line"))
+        problem = chat_id_problem(channel.get("chat_id"))
+        if problem:
+            problems.append(("chat_id", problem))
         if "api_url" in channel and _url_problem(channel["api_url"]):
             problems.append(("api_url", "must be an http:// or https:// URL"))
     elif ctype in ("webhook", "slack", "discord", "ntfy"):

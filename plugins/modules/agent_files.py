@@ -72,6 +72,20 @@ options:
     type: list
     elements: path
     default: []
+  secret_contents:
+    description:
+      - Contents of O(files) entries that hold secrets, by path. An entry of O(files) whose path is a key here
+        takes its content from here and has no O(files[].content) of its own.
+      - The whole option is C(no_log), so its values never reach the module's C(Invoked with) line in the host's
+        journal, nor its C(invocation) at C(-vvv). A sub-option marked C(no_log) would not do, as the journal line
+        holds each option's Python representation, in which a multi-line value is escaped and no longer matches
+        the value Ansible masks.
+      - "In diff mode a JSON content is shown with every secret value (the fields of
+        C(agentops_contract.SECRET_FIELDS), each value of C(headers) and C(credentials)) replaced by V(<secret>),
+        or by V(<secret: changed>) on the new side where it changes; which secret changed shows, its value never.
+        Any other content is not shown."
+    type: dict
+    default: {}
 extends_documentation_fragment:
   - agentops.fleet.file_entries
   - ansible.builtin.action_common_attributes
@@ -80,7 +94,9 @@ attributes:
     support: full
   diff_mode:
     support: partial
-    details: Contents of O(secret_files) are never part of the diff.
+    details:
+      - Contents of O(secret_files) are never part of the diff.
+      - Contents of O(secret_contents) are diffed with every secret value masked.
   platform:
     platforms: posix
 author:
@@ -105,6 +121,14 @@ EXAMPLES = r"""
         group: agent-mail-triage
         mode: "0600"
         force: false
+
+- name: A JSON file holding secrets (a header value) is never logged, its diff masks the secret
+  agentops.fleet.agent_files:
+    files:
+      - path: /etc/agentops/agents.d/mail-triage.json
+        mode: "0600"
+    secret_contents:
+      /etc/agentops/agents.d/mail-triage.json: "{{ agents_d_json }}"
 """
 
 RETURN = r"""
@@ -154,12 +178,14 @@ problems:
 
 import errno
 import grp
+import json
 import os
 import pwd
 import shutil
 import stat
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.agentops.fleet.plugins.module_utils import agentops_contract as contract
 from ansible_collections.agentops.fleet.plugins.module_utils import agentops_safefile as safefile
 
 FILE_OPTIONS = dict(
@@ -173,6 +199,72 @@ FILE_OPTIONS = dict(
 
 # Largest "before" shown in a diff; a larger file is summarised, never read whole.
 DIFF_MAX_BYTES = safefile.DEFAULT_MAX_BYTES
+# What a diff shows for a secret value of a O(secret_contents) file.
+SECRET = "<secret>"
+SECRET_CHANGED = "<secret: changed>"
+NOT_SHOWN = "(holds secrets, not shown)\n"
+MASKED_HEADER = " (secret values masked)"
+_NOT_JSON = object()
+
+
+def _mask(value):
+    return contract.redact_secrets(value, lambda secret: SECRET)
+
+
+def _masked_field(key, before, after):
+    """(before, after) of the value of ``key`` in two mappings, secrets masked (changed ones marked in after)."""
+    if key in contract.SECRET_MAPPINGS and isinstance(before, dict) and isinstance(after, dict):
+        return (dict((name, SECRET) for name in before),
+                dict((name, SECRET if name not in before or before[name] == value else SECRET_CHANGED)
+                     for name, value in after.items()))
+    if key in contract.SECRET_FIELDS or (key in contract.SECRET_MAPPINGS
+                                         and not (isinstance(before, list) and isinstance(after, list))):
+        return SECRET, SECRET if before == after else SECRET_CHANGED
+    return masked_pair(before, after)
+
+
+def masked_pair(before, after):
+    """``before`` and ``after`` (parsed JSON) with every secret value replaced by V(<secret>); in ``after``, a
+    secret that differs from the one at the same place in ``before`` becomes V(<secret: changed>)."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        old, new = {}, {}
+        for key, value in before.items():
+            if key in after:
+                old[key], new[key] = _masked_field(key, value, after[key])
+            else:
+                old[key] = _mask({key: value})[key]
+        for key, value in after.items():
+            if key not in before:
+                new[key] = _mask({key: value})[key]
+        return old, new
+    if isinstance(before, list) and isinstance(after, list):
+        pairs = [masked_pair(b, a) for b, a in zip(before, after)]
+        return ([p[0] for p in pairs] + [_mask(b) for b in before[len(after):]],
+                [p[1] for p in pairs] + [_mask(a) for a in after[len(before):]])
+    return _mask(before), _mask(after)
+
+
+def _json_text(value):
+    """The layout of the collection's JSON files (Ansible's to_nice_json(indent=2)) plus a final newline."""
+    return json.dumps(value, indent=2, sort_keys=True, separators=(",", ": ")) + "\n"
+
+
+def _loads(text):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return _NOT_JSON
+
+
+def masked_diff(before, after):
+    """(before, after) texts of a diff of a file holding secrets: JSON with the secret values masked, anything
+    else not shown. ``before`` is None for a file that does not exist yet."""
+    new = _loads(after)
+    old = {} if before is None else _loads(before)
+    if new is _NOT_JSON or old is _NOT_JSON:
+        return ("" if before is None else NOT_SHOWN), NOT_SHOWN
+    old, new = masked_pair(old, new)
+    return ("" if before is None else _json_text(old)), _json_text(new)
 
 
 def _ids(owner, group):
@@ -342,7 +434,7 @@ class Worker:
             def missing(path=path, item=item):  # check mode, its directory is created first: the file is new
                 self._mark(path)
                 if not secret and self.module._diff:
-                    self.diffs.append(dict(before_header=path, after_header=path, before="", after=item["content"]))
+                    self.diffs.append(self._diff(path, path, None, item))
 
             self._in_parent(path, "a regular file",
                             lambda parent, name, untrusted, path=path, item=item, ids=ids:
@@ -403,8 +495,7 @@ class Worker:
                           else "replaced by the rendered file (not followed)", hostile.message)
         if not secret and self.module._diff:
             header = path if hostile is None else "%s (%s, not read)" % (path, hostile.found)
-            self.diffs.append(dict(before_header=header, after_header=path, before=before or "",
-                                   after=item["content"]))
+            self.diffs.append(self._diff(header, path, before, item))
         if self.check:
             return
         try:
@@ -414,8 +505,17 @@ class Worker:
                 raise
             # force=false: the entry appeared since it was looked at (the agent wrote it): it stays
             self.changed_paths.remove(path)
-            self.diffs = [d for d in self.diffs if d["after_header"] != path]
+            self.diffs = [d for d in self.diffs if d["after_header"] not in (path, path + MASKED_HEADER)]
             self.kept.append(path)
+
+    @staticmethod
+    def _diff(before_header, path, before, item):
+        """One diff entry; a file of O(secret_contents) is shown with its secret values masked."""
+        if item.get("masked"):
+            before, after = masked_diff(before, item["content"])
+            return dict(before_header=before_header, after_header=path + MASKED_HEADER,
+                        before=before, after=after)
+        return dict(before_header=before_header, after_header=path, before=before or "", after=item["content"])
 
     @staticmethod
     def _read(fd, limit, path):
@@ -455,6 +555,28 @@ class Worker:
                 os.unlink(path)
 
 
+def _with_secret_contents(module):
+    """O(files) with the content of each O(secret_contents) entry filled in (and marked for a masked diff)."""
+    contents = module.params["secret_contents"] or {}
+    files, paths = [], set()
+    for item in module.params["files"]:
+        paths.add(item["path"])
+        if item["path"] in contents:
+            if item.get("content") is not None:
+                module.fail_json(msg="files: %s has a content and an entry in secret_contents: give one" % item["path"])
+            item = dict(item, content=contents[item["path"]], masked=True)
+        elif item.get("content") is None:
+            module.fail_json(msg="files: %s has no content (and no entry in secret_contents)" % item["path"])
+        files.append(item)
+    stray = sorted(set(contents) - paths)
+    if stray:
+        module.fail_json(msg="secret_contents: %s is not the path of an entry of files" % ", ".join(stray))
+    for path, content in contents.items():
+        if not isinstance(content, str):
+            module.fail_json(msg="secret_contents: the content of %s must be a string" % path)
+    return files
+
+
 def main():
     module = AnsibleModule(
         argument_spec=dict(
@@ -469,7 +591,8 @@ def main():
                 group=dict(type="str", default="root"),
                 mode=dict(type="str", default="0755"),
             )),
-            files=dict(type="list", elements="dict", default=[], options=FILE_OPTIONS),
+            files=dict(type="list", elements="dict", default=[],
+                       options=dict(FILE_OPTIONS, content=dict(type="str"))),
             secret_files=dict(type="list", elements="dict", default=[], no_log=False,
                               options=dict(FILE_OPTIONS, content=dict(type="str", required=True, no_log=True))),
             prune=dict(type="list", elements="dict", default=[], options=dict(
@@ -477,13 +600,15 @@ def main():
                 keep=dict(type="list", elements="str", default=[], no_log=False),
             )),
             absent=dict(type="list", elements="path", default=[]),
+            secret_contents=dict(type="dict", default={}, no_log=True),
         ),
         supports_check_mode=True,
     )
+    files = _with_secret_contents(module)
     worker = Worker(module)
     worker.users(module.params["users"])
     worker.directories(module.params["directories"])
-    worker.files(module.params["files"], secret=False)
+    worker.files(files, secret=False)
     worker.files(module.params["secret_files"], secret=True)
     worker.prune(module.params["prune"])
     worker.absent(module.params["absent"])

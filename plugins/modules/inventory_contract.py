@@ -19,6 +19,12 @@ description:
   - Fails with one message per problem, each naming the variable and, for agent fields, the agent
     (C(agentops_agents[mail-triage].heartbeat.max_silence)). Secret values are never shown.
   - Setting a variable that was removed from the contract fails with what to use instead.
+  - Setting an C(agentops_*) variable (host, group, play or extra vars) that no role or playbook of the collection
+    reads fails too, with "did you mean" when a known name is close (C(agentops_agent) for C(agentops_agents));
+    ignored, a mistyped name would leave the role's default in force. The known names are every role's options
+    (C(meta/argument_specs.yml), all entry points, whatever O(roles) says) and C(meta/variables.yml) (playbook
+    variables and the collection's own facts); variables without the prefix are not looked at. Checked once per
+    host and run for the same set of names.
   - Refuses an agent C(user) that already exists on the host and is not the agent's own (unless
     C(share_user=true)); the host's users are read with a read-only C(getent passwd).
   - A part that was validated earlier in the same run with the same values is not validated again

@@ -78,7 +78,7 @@ def rejections():
     cases = {name: agents for name, (agents, _) in CASES.items()}
     hosts = all_hosts()
     before = {host_name(h): snapshot(h) for h in hosts}
-    rc, output, recaps = fleet_run("reject.yml", {"agentops_reject_cases": cases})
+    rc, output, recaps = fleet_run("reject.yml", {"reject_cases": cases})
     after = {host_name(h): snapshot(h) for h in hosts}
     assert rc == 0, output[-3000:]
     found = {}

@@ -171,6 +171,13 @@ REJECTED = {
                        "agentops_token_rotation_hour: 25 is not a whole number between 0 and 23"),
     "removed": ({"agentops_common_config_dir": "/opt/agentops"},
                 "agentops_common_config_dir: was removed: the path is fixed at /etc/agentops"),
+    # a mistyped variable is not ignored (with `agentops_agents` left at [] every agent would be removed)
+    "unknown-variable": ({"agentops_agent": [{"name": "plain", "command": "/bin/true"}]},
+                         "agentops_agent: unknown variable, no role or playbook of agentops.fleet reads it; "
+                         "did you mean `agentops_agents`?"),
+    "telegram-chat-id": ({"agentops_alert_channels": [{"type": "telegram", "bot_token": "4242:settings-bot-token",
+                                                       "chat_id": "my team chat"}]},
+                         "agentops_alert_channels[0] (telegram).chat_id must be the chat's number"),
 }
 
 

@@ -99,6 +99,7 @@ from agentops_host import config as hostconfig
 from agentops_host import state
 from agentops_host import systemd
 from agentops_lib import agentops_auth
+from agentops_lib import agentops_contract
 
 SEVERITIES = ("critical", "warning", "info", "resolved")
 RANK = {"info": 0, "warning": 1, "critical": 2}
@@ -129,7 +130,9 @@ TRANSIENT = "transient"
 PERMANENT = "permanent"
 ERROR = "error"
 
-SECRET_FIELDS = ("bot_token", "url", "token", "routing_key", "password", "secret")
+# The secret fields of a channel: one list with the controller (agentops_contract.SECRET_FIELDS).
+SECRET_FIELDS = agentops_contract.SECRET_FIELDS
+SECRET_MAPPINGS = agentops_contract.SECRET_MAPPINGS
 
 _SECRETS = set()
 _SECRETS_SORTED = []
@@ -191,9 +194,9 @@ def _register_secrets(channels):
                 add_url_secret(channel.get(field))
             else:
                 _add_secret(channel.get(field))
-        headers = channel.get("headers")
-        if isinstance(headers, dict):
-            for value in headers.values():
+        for field in SECRET_MAPPINGS:
+            values = channel.get(field)
+            for value in values.values() if isinstance(values, dict) else [values]:
                 _add_secret(value)
 
 

@@ -86,7 +86,8 @@ def test_agents_files_are_what_the_template_lookup_renders(tmp_path, version):
     effective = filters.agents_normalize(AGENTS, DEFAULTS)
     args = filters.agents_files(effective, ROLE, PATHS, version, PROFILES)
     assert sorted(reference) == ["mail-triage", "open", "strict-one"]
-    by_path = dict((f["path"], f) for f in args["files"])
+    by_path = dict((f["path"], dict(f, content=args["secret_contents"][f["path"]]) if "content" not in f else f)
+                   for f in args["files"])
     assert len(by_path) == len(args["files"]) == 4 * 3
     for entry in effective:
         if entry["state"] != "present":
@@ -129,11 +130,14 @@ def test_agents_files_owners_modes_and_order():
     assert args["files"][6]["mode"] == "0644" and args["files"][7]["mode"] == "0600"
     assert "owner" not in args["files"][6]  # root, the module's default
     assert not any("s3cr3t" in json.dumps(v) for v in args.values())
+    # the settings file holding a secret (the auth check's url) travels in secret_contents, the others in files
+    assert sorted(args["secret_contents"]) == ["/etc/agentops/agents.d/mail-triage.json"]
+    assert "content" not in args["files"][7] and all("content" in f for f in args["files"] if f is not args["files"][7])
     assert not any("gone" in f["path"] for f in args["files"])
 
 
 def test_agents_files_without_agents_and_without_version():
-    assert filters.agents_files([], ROLE, PATHS) == {"users": [], "directories": [], "files": []}
+    assert filters.agents_files([], ROLE, PATHS) == {"users": [], "directories": [], "files": [], "secret_contents": {}}
     effective = filters.agents_normalize(AGENTS[:1], DEFAULTS)
     with pytest.raises(AnsibleFilterError, match="systemd version"):
         filters.agents_files(effective, ROLE, PATHS, None, PROFILES)
