@@ -77,7 +77,8 @@ def test_command_line_is_the_agents_user_directory_environment_and_sandbox(tmp_p
         "-p", "CapabilityBoundingSet=", "-p", "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX",
         "-p", "ReadWritePaths=" + state_dir,
         "-p", "Type=exec", "-p", "KillMode=control-group", "-p", "TimeoutStopSec=5s", "-p", "RuntimeMaxSec=20s",
-        "--", "/opt/refresh", "--for", "mail"]
+        "-p", "LimitCORE=1", "--", "/opt/refresh", "--for", "mail"]
+    # a poll command holds no secret: no core limit of its own
     assert sandbox.command_argv("poll", entry, ["/bin/true"], 2.5)[-4:] == ["-p", "RuntimeMaxSec=2.5s", "--",
                                                                             "/bin/true"]
 

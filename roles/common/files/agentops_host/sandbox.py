@@ -8,6 +8,7 @@ the agent: they run as its user, with its limits and its sandbox, in a transient
         -E PATH=... -E LANG=C.UTF-8 -E HOME=<state dir> -E USER=... -E LOGNAME=... -E AGENTOPS_AGENT=<agent> ...
         -p <every directive of the "sandbox" entry of agents.d/<agent>.json>
         -p Type=exec -p KillMode=control-group -p TimeoutStopSec=5s -p RuntimeMaxSec=<timeout>
+        [-p LimitCORE=1: a rotation command, which holds the current token]
         -- <command, with every "$" doubled>
 
 * The same sandbox as the agent: the ``sandbox`` entry holds the limits and hardening directives the agent's own
@@ -54,6 +55,8 @@ RUNNER_ENV = {"PATH": agentops_auth.SAFE_PATH, "LANG": "C.UTF-8", "SYSTEMD_COLOR
               "SYSTEMD_PAGER": ""}
 DESCRIPTIONS = {"poll": "agentops: heartbeat poll command of agent %s",
                 "rotate": "agentops: token rotation command of agent %s"}
+# Kinds whose command holds a secret in memory (a rotation command reads the current token on stdin).
+SECRET_KINDS = ("rotate",)
 # ExecMainCode= (waitid's si_code)
 CLD_EXITED, CLD_KILLED, CLD_DUMPED = 1, 2, 3
 # Exit statuses systemd itself uses when it could not set up the command (systemd.exec(5), "Process exit codes").
@@ -131,6 +134,10 @@ def command_argv(kind, agent, argv, timeout, extra_env=None):
     # after the agent's own list: these are the runner's (a later assignment wins)
     line += ["-p", "Type=exec", "-p", "KillMode=control-group", "-p", "TimeoutStopSec=%ds" % STOP_TIMEOUT,
              "-p", "RuntimeMaxSec=" + _seconds(timeout)]
+    if kind in SECRET_KINDS:
+        # the current token is in its memory: no core dump (a limit of 1 byte also keeps the kernel from piping
+        # the crash to systemd-coredump, which would store the memory and journal the environment)
+        line += ["-p", "LimitCORE=1"]
     # systemd expands $VAR and ${VAR} in a command line it is given ($$ is a $); the command runs as written
     return line + ["--"] + [part.replace("$", "$$") for part in argv]
 
