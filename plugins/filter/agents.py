@@ -93,6 +93,42 @@ def _secret_entry(entry, secret_contents):
         return entry
     secret_contents[entry["path"]] = entry["content"]
     return dict((key, value) for key, value in entry.items() if key != "content")
+# Unit knobs that limit resources: the transient units started for an agent get them too.
+LIMIT_KNOBS = ("memory_high", "oom_score_adjust")
+
+
+def agent_sandbox(agent, systemd_version, profile_directives):
+    """The directives that confine an agent's unit: {limits, knobs, hardening, config}.
+
+    ``limits``: MemoryMax=, CPUQuota=, TasksMax=; ``knobs``: MemoryHigh= and OOMScoreAdjust= when the agent sets
+    them and the host's systemd knows them; ``hardening``: the directives of the agent's hardening profile known to
+    the host's systemd (``min_version``), then ReadWritePaths= (its state directory and ``read_write_paths``).
+    Each a list of {key, value, unit}: ``value`` as ``systemd-run -p KEY=VALUE`` takes it, ``unit`` as the unit
+    file writes it (``%`` doubled where systemd expands specifiers). ``config``: the ``sandbox`` entry of the
+    agent's agents.d file, {systemd, directives: [[key, value], ...]} (all three lists, in that order).
+
+    The agent's unit (agent.service.j2) and the transient units the host starts for the agent (its poll and
+    rotation commands, ``agentops_host.sandbox``, from the ``sandbox`` entry) are both written from this one list.
+    """
+    version = int(systemd_version)
+    limits = [{"key": key, "value": str(agent[field]), "unit": str(agent[field])}
+              for key, field in (("MemoryMax", "memory_max"), ("CPUQuota", "cpu_quota"), ("TasksMax", "tasks_max"))]
+    knobs = [{"key": knob["key"], "value": knob["value"], "unit": knob["value"]}
+             for knob in agent.get("unit_knobs") or []
+             if knob["field"] in LIMIT_KNOBS and knob["min_version"] <= version]
+    hardening = []
+    if agent.get("hardening", "standard") != "none":
+        profiles = profile_directives or {}
+        directives = list(profiles.get("standard") or []) + (
+            list(profiles.get("strict") or []) if agent.get("hardening") == "strict" else [])
+        hardening = [{"key": d["key"], "value": str(d["value"]), "unit": str(d["value"])}
+                     for d in directives if int(d.get("min_version", 0)) <= version]
+        # agents_normalize doubles the % of read_write_paths for the unit file; systemd-run -p takes them as they are
+        paths = [agent["state_dir"]] + list(agent.get("read_write_paths") or [])
+        hardening.append({"key": "ReadWritePaths", "value": " ".join(p.replace("%%", "%") for p in paths),
+                          "unit": " ".join(paths)})
+    return {"limits": limits, "knobs": knobs, "hardening": hardening,
+            "config": {"systemd": version, "directives": [[d["key"], d["value"]] for d in limits + knobs + hardening]}}
 
 
 def agents_files(agents, role_path, paths, systemd_version=None, profile_directives=None):
@@ -117,15 +153,17 @@ def agents_files(agents, role_path, paths, systemd_version=None, profile_directi
     if present and systemd_version is None:
         raise AnsibleFilterError("agents_files: the systemd version of the host is needed to render the units")
     for agent in present:
+        sandbox = agent_sandbox(agent, systemd_version, profile_directives)
         units.append({"path": "%s/%s" % (paths["units"], agent["unit"]), "mode": "0644",
                       "content": render_template(templates, "agent.service.j2", agent=agent, agentops_paths=paths,
                                                  agentops_agents_systemd_version=int(systemd_version),
-                                                 agentops_agents_profile_directives=profile_directives)})
+                                                 agentops_agents_sandbox=sandbox)})
         if agent.get("schedule"):
             units.append({"path": "%s/%s" % (paths["units"], agent["timer"]), "mode": "0644",
                           "content": render_template(templates, "agent.timer.j2", agent=agent)})
-        units.append(_secret_entry({"path": agent["config_file"], "mode": "0600",
-                                    "content": _config_json(agent["config"])}, secret_contents))
+        config = dict(agent["config"], sandbox=sandbox["config"])
+        units.append(_secret_entry({"path": agent["config_file"], "mode": "0600", "content": _config_json(config)},
+                                   secret_contents))
     return {"users": users, "directories": directories, "files": files + units, "secret_contents": secret_contents}
 
 
@@ -398,6 +436,7 @@ class FilterModule(object):
             "timespan_seconds": timespan_seconds,
             "agents_files": agents_files,
             "secret_json_files": secret_json_files,
+            "agents_sandbox": agent_sandbox,
             "agents_credential_files": agents_credential_files,
             "agents_absent_paths": agents_absent_paths,
             "agents_unit_actions": agents_unit_actions,

@@ -134,6 +134,66 @@ def escape_cron(value):
     return str(value).replace("%", "\\%")
 
 
+# Transient units the host starts for an agent (agentops_host.sandbox: its heartbeat poll command and its token
+# rotation command, each in the agent's own sandbox). They live under the reserved prefix ``heartbeat-``, so no
+# agent's unit (agentops-<name>.service) is ever one of them, and the word after it keeps the kinds apart: an agent
+# called ``poll-x`` gets agentops-heartbeat-poll-poll-x.service and agentops-heartbeat-rotate-poll-x.service.
+TRANSIENT_UNITS = {"poll": "agentops-heartbeat-poll-%s.service", "rotate": "agentops-heartbeat-rotate-%s.service"}
+# Settings of such a unit that the runner sets itself (who runs, where, with what, for how long): an agent file
+# that lists one among its sandbox directives is refused.
+SANDBOX_RUNNER_KEYS = frozenset((
+    "User", "Group", "DynamicUser", "SupplementaryGroups", "WorkingDirectory", "RootDirectory", "RootImage",
+    "Environment", "EnvironmentFile", "PassEnvironment", "UnsetEnvironment", "Type", "ExecStart", "ExecStartPre",
+    "ExecStartPost", "ExecStop", "ExecStopPost", "KillMode", "KillSignal", "SendSIGKILL", "TimeoutStopSec",
+    "TimeoutSec", "RuntimeMaxSec", "Description", "StandardInput", "StandardOutput", "StandardError",
+    "PAMName", "LoadCredential", "SetCredential", "Slice", "Delegate", "RemainAfterExit", "Restart"))
+SANDBOX_KEY_RE = re.compile(r"^[A-Z][A-Za-z0-9]{1,63}\Z")
+SANDBOX_MAX_DIRECTIVES = 200
+
+
+def transient_unit(kind, name):
+    """The name of the transient unit of ``kind`` (``poll`` or ``rotate``) for agent ``name``; ValueError otherwise."""
+    if kind not in TRANSIENT_UNITS:
+        raise ValueError("unknown transient unit kind %r (one of %s)" % (kind, ", ".join(sorted(TRANSIENT_UNITS))))
+    problem = agent_name_problem(name)
+    if problem:
+        raise ValueError("agent name %s" % problem)
+    return TRANSIENT_UNITS[kind] % name
+
+
+def sandbox_problems(sandbox):
+    """[(field, text)] of the ``sandbox`` entry of agents.d/<name>.json (empty when it is usable).
+
+    ``{"systemd": <version the list was gated for>, "directives": [[key, value], ...]}``: the limits and hardening
+    directives of the agent's unit (``agentops.fleet.agents_files``), as ``systemd-run -p KEY=VALUE`` takes them.
+    """
+    if not isinstance(sandbox, dict):
+        return [("", "must be a mapping with the keys systemd and directives")]
+    problems = []
+    for key in sorted(k for k in sandbox if k not in ("systemd", "directives")):
+        problems.append(("." + str(key), "unknown key"))
+    version = sandbox.get("systemd")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+        problems.append((".systemd", "%r must be the systemd version the directives were chosen for" % (version,)))
+    directives = sandbox.get("directives")
+    if not isinstance(directives, list) or len(directives) > SANDBOX_MAX_DIRECTIVES:
+        return problems + [(".directives", "must be a list of at most %d [key, value] pairs" % SANDBOX_MAX_DIRECTIVES)]
+    for index, item in enumerate(directives):
+        here = ".directives[%d]" % index
+        if not (isinstance(item, list) and len(item) == 2 and all(isinstance(part, str) for part in item)):
+            problems.append((here, "must be a [key, value] pair of strings"))
+            continue
+        key, value = item
+        if not SANDBOX_KEY_RE.match(key):
+            problems.append((here, "%r is not a directive name" % (key,)))
+        elif key in SANDBOX_RUNNER_KEYS:
+            problems.append((here, "%s= is set by the runner itself, not by the sandbox list" % key))
+        problem = unit_value_problem(value)
+        if problem:
+            problems.append((here, "the value of %s= %s" % (key, problem)))
+    return problems
+
+
 def agent_name_problem(name):
     """Why ``name`` is not a valid agent name (None when it is)."""
     if not (isinstance(name, str) and AGENT_NAME_RE.match(name)):
@@ -1385,6 +1445,9 @@ def agent_config_errors(config):
     if config.get("recovery") is not None:
         for here, text in recovery_problems(config["recovery"]):
             errors.add(where + ".recovery" + here, text)
+    if config.get("sandbox") is not None:
+        for here, text in sandbox_problems(config["sandbox"]):
+            errors.add(where + ".sandbox" + here, text)
     return errors.items
 
 

@@ -19,6 +19,7 @@ import yaml
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
+from ansible_collections.agentops.fleet.plugins.filter import agents as filters
 from ansible_collections.agentops.fleet.plugins.filter.agents import agents_errors, agents_normalize
 from ansible_collections.agentops.fleet.plugins.module_utils import agentops_contract as contract
 
@@ -88,7 +89,8 @@ def systemd_directives(text):
 def render(entry, systemd_version):
     return ENV.get_template("agent.service.j2").render(
         agent=entry, agentops_paths=contract.PATHS,
-        agentops_agents_systemd_version=systemd_version, agentops_agents_profile_directives=PROFILES)
+        agentops_agents_systemd_version=systemd_version,
+        agentops_agents_sandbox=filters.agent_sandbox(entry, systemd_version, PROFILES))
 
 
 def skeleton(agent):

@@ -26,6 +26,7 @@ TOKEN_RULES = "/etc/agentops-fake-endpoint/18081.json"
 TOKEN_LOG = "/var/log/agentops-fake-endpoint/18081.jsonl"
 HOOK_LOG = "/var/log/agentops-fake-endpoint/18082.jsonl"
 CRON = "/etc/cron.d/agentops-token-rotation"
+ROTATION_UNIT = "agentops-rotation.service"
 SEED = "seed-canary-7f3e91c2-never-print-me"
 
 
@@ -126,9 +127,38 @@ def test_cron_file_exists_parses_and_names_the_command(host):
     fields = jobs[0].split(None, 6)
     minute, hour, dom, month, dow, user, command = fields
     assert (minute, hour, dom, month, dow, user) == ("30", "4", "*", "*", "*", "root")
-    assert "/usr/local/bin/agentops rotate" in command
+    assert command == "/usr/bin/systemctl start %s" % ROTATION_UNIT
+    assert "argv[]=/usr/local/bin/agentops rotate ;" in host.run(
+        "systemctl show -p ExecStart --value %s" % ROTATION_UNIT).stdout
     assert "every_days" in cron.content_string  # the comment: the schedule lives in the data
     assert host.service("cron").is_running and host.service("cron").is_enabled
+
+
+def test_the_daily_run_is_a_hardened_unit_that_rotates_what_is_due(host, wait_for, capsys):
+    """What cron starts every day: agentops-rotation.service rotates the due credential, the command in the
+    agent's own sandbox, and its output reaches the journal without the token."""
+    old = new_token()
+    set_credential(host, old, 46)
+    token = new_token()
+    set_token_rules(host, token=token)
+    since = sh(host, "date +%s").stdout.strip()
+    result = host.run("systemctl start %s" % ROTATION_UNIT)
+    assert result.rc == 0, result.stderr
+    assert host.file(CRED).content_string == token
+    journal = sh(host, "journalctl --no-pager -q -o cat --since=@%s -u %s" % (since, ROTATION_UNIT)).stdout
+    assert "rotor/api_token: rotated" in journal and token not in journal and old not in journal
+    # the rotation command ran for the agent in its own transient unit
+    sandboxed = sh(host, "journalctl --no-pager -q -o cat --since=@%s -u agentops-heartbeat-rotate-rotor.service"
+                   % since).stdout
+    assert "Started" in sandboxed and token not in sandboxed
+    props = dict(line.split("=", 1) for line in sh(host, "systemctl show -p NoNewPrivileges,ProtectSystem,"
+                                                         "TimeoutStopUSec %s" % ROTATION_UNIT).stdout.splitlines())
+    assert props == {"NoNewPrivileges": "yes", "ProtectSystem": "full", "TimeoutStopUSec": "10s"}
+    out = sh(host, "systemd-analyze security --no-pager %s" % ROTATION_UNIT).stdout
+    level = float(re.search(r"Overall exposure level for \S+: ([0-9.]+)", out).group(1))
+    with capsys.disabled():
+        print("\nsystemd-analyze security %s on %s: exposure %.1f" % (ROTATION_UNIT, host.backend.host, level))
+    assert level <= 4.0
 
 
 def test_one_day_old_credential_is_left_alone(host):
@@ -300,9 +330,10 @@ def test_cron_file_removed_when_no_agent_rotates(host, run_playbook):
     try:
         result = run_playbook(host, "converge.yml", extra_vars={"agentops_agents": without})
         assert result.rc == 0, result.output[-3000:]
-        assert not host.file(CRON).exists
+        assert not host.file(CRON).exists and not host.file("/etc/systemd/system/" + ROTATION_UNIT).exists
+        assert host.run("systemctl show -p LoadState --value %s" % ROTATION_UNIT).stdout.strip() == "not-found"
     finally:
         result = run_playbook(host, "converge.yml")
         assert result.rc == 0, result.output[-3000:]
-    assert host.file(CRON).exists
+    assert host.file(CRON).exists and host.file("/etc/systemd/system/" + ROTATION_UNIT).exists
     assert host.file(CRED).content_string == token

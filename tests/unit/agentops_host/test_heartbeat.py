@@ -15,6 +15,7 @@ import pytest
 
 from agentops_host import heartbeat
 
+import fake_systemd
 from test_alert_helpers import make_args, recorder, webhook_channel, write_config  # noqa: F401  (fixture)
 
 FAKE_SYSTEMCTL = """#!/bin/sh
@@ -58,7 +59,8 @@ def add_agent(args, name, **heartbeat_fields):
     os.makedirs(state_dir, exist_ok=True)
     agent = {"name": name, "unit": "agentops-%s.service" % name, "user": pwd.getpwuid(os.getuid()).pw_name,
              "state_dir": state_dir, "enabled": True, "state": "present", "heartbeat": hb,
-             "auth_checks": [], "token_rotation": [], "credentials": []}
+             "auth_checks": [], "token_rotation": [], "credentials": [],
+             "sandbox": fake_systemd.sandbox_entry(state_dir)}
     with open(os.path.join(args.config_dir, "agents.d", name + ".json"), "w", encoding="utf-8") as handle:
         json.dump(agent, handle)
     return agent
@@ -166,7 +168,8 @@ def test_failed_and_stopped_agents_alert_down(tmp_path, recorder, units):
         ("gone/down", "warning"), ("gone/down", "critical"), ("gone/down", "resolved")]
 
 
-def test_command_progress_honours_interval(tmp_path, recorder, units):
+def test_command_progress_honours_interval(tmp_path, recorder, units, monkeypatch):
+    fake = fake_systemd.install(tmp_path / "fake-systemd", monkeypatch)
     args = make_args(tmp_path)
     write_config(args, [webhook_channel(recorder)])
     counter = tmp_path / "polls"
@@ -181,6 +184,10 @@ def test_command_progress_honours_interval(tmp_path, recorder, units):
     assert run_heartbeat(args, force=True) == 0
     assert counter.read_text().count("x") == 2
     assert recorder.requests == []
+    # each poll in the agent's transient unit, with its sandbox
+    assert [run[run.index("--") + 1:] for run in fake.runs()] == [[str(poll)], [str(poll)]]
+    assert all("--unit=agentops-heartbeat-poll-cmd.service" in run and "NoNewPrivileges=yes" in run
+               for run in fake.runs())
 
 
 def test_disk_threshold_alert(tmp_path, recorder, units):
@@ -316,10 +323,17 @@ def test_symlinked_workstate_is_not_a_checkpoint(tmp_path, recorder, units, caps
     assert [(b["key"], b["severity"]) for b in recorder.bodies()][1:] == [("ws/workstate", "resolved")]
 
 
-def test_poll_command_is_bounded_in_output_and_time():
-    """progress: command runs through the bounded runner: a flood or an escaped child cannot hold the heartbeat."""
+def test_poll_command_is_bounded_in_output_and_time(tmp_path, monkeypatch):
+    """progress: command runs through the sandbox runner: a flood or an escaped child cannot hold the heartbeat.
+
+    (The sandbox and the unit's end of escaped children are proven on real systemd by the hostile scenario.)
+    """
     import time as _time
-    agent = {"name": "poller", "user": None, "state_dir": "/"}
+    fake = fake_systemd.install(tmp_path / "fake-systemd", monkeypatch)
+    state_dir = str(tmp_path / "poller")
+    os.makedirs(state_dir)
+    agent = {"name": "poller", "user": pwd.getpwuid(os.getuid()).pw_name, "state_dir": state_dir,
+             "sandbox": fake_systemd.sandbox_entry(state_dir)}
     started = _time.monotonic()
     assert heartbeat.run_poll_command(agent, "/usr/bin/yes flood", 5) is False        # more than 64 KiB: stopped
     assert _time.monotonic() - started < 4
@@ -330,3 +344,7 @@ def test_poll_command_is_bounded_in_output_and_time():
     started = _time.monotonic()
     assert heartbeat.run_poll_command(agent, "/bin/sleep 30", 1) is False
     assert _time.monotonic() - started < 3
+    assert "RuntimeMaxSec=1s" in fake.runs()[-1]                        # the unit's own deadline
+    assert not fake.loaded("agentops-heartbeat-poll-poller.service")   # the failed unit was reset
+
+

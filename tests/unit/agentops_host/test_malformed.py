@@ -5,7 +5,7 @@ An agents.d file or a state file (.heartbeat, .auth, rotation) that is not what 
 a FIFO) is reported for that agent, with the file and the reason, by ``agentops status``
 (text and --json), ``agentops rotate --list`` (text and --json), the daily ``agentops rotate``
 and ``agentops check-auth``; the other agents are handled as usual. Real files, a real API and
-webhook receiver on 127.0.0.1; only systemctl is a stand-in (no systemd here).
+webhook receiver on 127.0.0.1; only systemctl and systemd-run are stand-ins (no systemd here).
 """
 import http.server
 import json
@@ -18,6 +18,7 @@ import pytest
 
 from agentops_host import cli, config, rotate, state, status
 
+import fake_systemd
 from test_alert_helpers import make_args, recorder, webhook_channel, write_config  # noqa: F401  (fixture)
 from test_heartbeat import units  # noqa: F401  (fixture)
 
@@ -58,6 +59,7 @@ def host(tmp_path, recorder, units, api, monkeypatch):
     fake.write_text("#!/bin/sh\nexit 0\n")
     fake.chmod(0o755)
     monkeypatch.setattr(rotate, "SYSTEMCTL", str(fake))
+    fake_systemd.install(tmp_path / "fake-systemd", monkeypatch)
     me = pwd.getpwuid(os.geteuid()).pw_name
     args.me = me
 
@@ -77,7 +79,8 @@ def host(tmp_path, recorder, units, api, monkeypatch):
                  "heartbeat": {"interval": "10s", "max_silence": "1h", "progress": "file", "file": "heartbeat"},
                  "auth_checks": [{"name": "api", "type": "http", "url": api, "credential": "api_token"}],
                  "token_rotation": [{"credential": "api_token", "every_days": 45,
-                                     "command": ["/bin/echo", NEW_TOKEN]}]}
+                                     "command": ["/bin/echo", NEW_TOKEN]}],
+                 "sandbox": fake_systemd.sandbox_entry(state_dir)}
         agent.update(extra)
         with open(config.agent_path(args.config_dir, name), "w", encoding="utf-8") as handle:
             json.dump(agent, handle)
@@ -115,6 +118,10 @@ AGENT_FILES = [
     ("heartbeat-list", b'{"heartbeat": []}', "'heartbeat' must be a mapping"),
     ("rotation-string", b'{"token_rotation": "daily"}', "'token_rotation' must be a list"),
     ("name-mismatch", b'{"name": "../../etc"}', "the file is named for agent"),
+    ("sandbox-user", b'{"sandbox": {"systemd": 252, "directives": [["User", "root"]]}}',
+     "User= is set by the runner itself"),
+    ("sandbox-line", b'{"sandbox": {"systemd": 252, "directives": [["ReadWritePaths", "/x\\nUser=root"]]}}',
+     "contains the control character U+000A"),
 ]
 
 

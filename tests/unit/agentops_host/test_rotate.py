@@ -21,7 +21,9 @@ import time
 
 import pytest
 
-from agentops_host import cli, rotate
+from agentops_host import cli, rotate, sandbox
+
+import fake_systemd
 
 DAY = 86400
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -142,6 +144,7 @@ def env(tmp_path, endpoint, monkeypatch):
                          "  is-enabled) exit 1;;\n  restart) exit 0;;\nesac\nexit 1\n" % (calls, tmp_path))
     systemctl.chmod(0o755)
     monkeypatch.setattr(rotate, "SYSTEMCTL", str(systemctl))
+    fake = fake_systemd.install(tmp_path / "fake-systemd", monkeypatch)
     (cfg / "agentops.json").write_text(json.dumps({
         "host": "unit", "alert_channels": [{"type": "webhook", "url": endpoint.url + "/hook"}],
         "alert_timeout_seconds": 5}))
@@ -158,7 +161,7 @@ def env(tmp_path, endpoint, monkeypatch):
 
     e = Env()
     e.tmp, e.cfg, e.state, e.spool, e.cred, e.old, e.calls = tmp_path, cfg, state, spool, cred, old, calls
-    e.script, e.endpoint, e.user = script, endpoint, me
+    e.script, e.endpoint, e.user, e.fake = script, endpoint, me, fake
     e.base = ["--config-dir", str(cfg), "--state-dir", str(state), "--spool-dir", str(spool)]
 
     def write_agent(name="a1", rotation=None, checks=None, user=None, extra=None):
@@ -171,6 +174,7 @@ def env(tmp_path, endpoint, monkeypatch):
                  "expect_status": [200], "timeout": 5}],
             "token_rotation": rotation if rotation is not None else [
                 {"credential": "api_token", "every_days": 45, "command": "%s %s/token" % (script, endpoint.url)}],
+            "sandbox": fake_systemd.sandbox_entry(state / name),
         }
         agent.update(extra or {})
         (cfg / "agents.d" / (name + ".json")).write_text(json.dumps(agent))
@@ -362,15 +366,24 @@ def test_inactive_and_disabled_agent_is_not_started(env, capsys):
 @pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
 def test_command_runs_as_the_agent_user_with_home_in_its_state_dir(env):
     nobody = pwd.getpwnam("nobody")
+    # the agent's own state directory, which its user can enter (the transient unit changes into it as that user)
+    home = tempfile.mkdtemp(prefix="agentops-rotate-home-")
+    os.chmod(home, 0o700)
+    os.chown(home, nobody.pw_uid, nobody.pw_gid)
     env.write_agent(user="nobody", checks=[], rotation=[
         {"credential": "api_token", "every_days": 45,
-         "command": "/bin/sh -c 'echo \"$(id -u):$(id -G):$HOME:$AGENTOPS_CREDENTIAL\"'"}])
+         "command": "/bin/sh -c 'echo \"$(id -u):$(id -G):$HOME:$AGENTOPS_CREDENTIAL:$(pwd)\"'"}],
+        extra={"state_dir": home})
     env.age(46)
     assert env.run("rotate") == 0
-    uid, groups, home, cred = env.cred.read_text().split(":")
+    uid, groups, got_home, cred, cwd = env.cred.read_text().split(":")
     assert uid == str(nobody.pw_uid)
     assert "0" not in groups.split()  # root's groups are not inherited
-    assert home == str(env.state / "a1") and cred == "api_token"
+    assert got_home == cwd == home and cred == "api_token"
+    # through the agent's transient unit, with its sandbox
+    (run,) = env.fake.runs()
+    assert "--unit=agentops-heartbeat-rotate-a1.service" in run and "--uid=nobody" in run
+    assert "NoNewPrivileges=yes" in run and "ReadWritePaths=%s" % (env.state / "a1") in run
     assert env.cred.stat().st_uid == 0 and stat.S_IMODE(env.cred.stat().st_mode) == 0o600
 
 
@@ -492,10 +505,7 @@ def test_sigkill_during_swap_leaves_old_or_new_never_partial(env):
          "command": "/bin/sh -c 'head -c 3000 /dev/zero | tr \"\\\\0\" \"T\"; echo'"}])
     new = "T" * 3000
     valid = {env.old, new}
-    runner = [sys.executable, "-c",
-              "import sys; sys.path[:0] = [%r, %r]; from agentops_host import cli, rotate; "
-              "rotate.SYSTEMCTL = %r; sys.exit(cli.main(sys.argv[1:]))"
-              % (HOSTLIB, MODULE_UTILS_PARENT, rotate.SYSTEMCTL)] + env.base + ["rotate", "--force", "a1/api_token"]
+    runner = _runner(env, "rotate", "--force", "a1/api_token")
     seen = set()
     for _ in range(30):
         env.cred.write_text(env.old)
@@ -519,11 +529,12 @@ def test_sigkill_during_swap_leaves_old_or_new_never_partial(env):
 
 
 def _runner(env, *argv):
-    """`agentops ...` in a child process (rotate.SYSTEMCTL kept), for figures the test process cannot give."""
+    """`agentops ...` in a child process (the stand-ins of systemctl and systemd-run kept), for figures the test
+    process cannot give."""
     return [sys.executable, "-c",
-            "import sys; sys.path[:0] = [%r, %r]; from agentops_host import cli, rotate; "
-            "rotate.SYSTEMCTL = %r; sys.exit(cli.main(sys.argv[1:]))"
-            % (HOSTLIB, MODULE_UTILS_PARENT, rotate.SYSTEMCTL)] + env.base + list(argv)
+            "import sys; sys.path[:0] = [%r, %r]; from agentops_host import cli, rotate, sandbox; "
+            "rotate.SYSTEMCTL = %r; sandbox.SYSTEMD_RUN = %r; sandbox.SYSTEMCTL = %r; sys.exit(cli.main(sys.argv[1:]))"
+            % (HOSTLIB, MODULE_UTILS_PARENT, rotate.SYSTEMCTL, sandbox.SYSTEMD_RUN, sandbox.SYSTEMCTL)] + env.base + list(argv)
 
 
 def _add_second_agent(env, name="a2", rotation=None):

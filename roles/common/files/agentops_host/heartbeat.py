@@ -13,6 +13,9 @@ every agent in ``agents.d``:
   with bounds per agent, so one agent's volume never hides another's progress). A read that fails or
   times out leaves the progress unknown: never ``silent``, never a recovery restart; unknown for longer
   than ``max_silence`` -> ``<agent>/progress-unknown`` (warning), resolved by the next read that works;
+  the poll command (``command``) runs as the agent's user in the
+  agent's own sandbox and limits, in the transient unit ``agentops-heartbeat-poll-<agent>.service``
+  (``agentops_host.sandbox``), so neither it nor what it leaves behind can outlive its deadline or hold the run;
 * scheduled agents (``schedule``, ``agentops_host.schedule``): a run in progress (``activating``) is checked
   for progress, the agent is not down between runs (after a failed run ``<agent>/down`` stays open until a
   run succeeds), and a missed run (timer stopped or disabled, or not fired within ``schedule_grace`` of the
@@ -42,7 +45,6 @@ Every condition that clears sends exactly one ``resolved`` (see alert.resolve).
 """
 import datetime
 import os
-import pwd
 import subprocess
 import time
 
@@ -54,10 +56,10 @@ from agentops_host import journal as journalreader
 from agentops_host import metrics
 from agentops_host import recovery
 from agentops_host import rotate
+from agentops_host import sandbox
 from agentops_host import schedule
 from agentops_host import state
 from agentops_host import systemd
-from agentops_lib import agentops_auth
 from agentops_lib import agentops_safefile as safefile
 
 try:
@@ -172,42 +174,36 @@ def _note_unsafe(agent, hbstate, what, problem):
 
 
 def run_poll_command(agent, command, timeout):
-    """Run the agent's poll command as the agent user; True when it exits 0.
+    """Run the agent's poll command for it; True when it exits 0.
 
-    Through agentops_auth.run_bounded: one deadline that also covers the pipes (a child that
-    escapes with setsid cannot hold the heartbeat), bounded output, a fixed environment, and
-    the agent's state directory as the working directory.
+    Through agentops_host.sandbox: as the agent's user, in the transient unit
+    agentops-heartbeat-poll-<agent>.service with the agent's own sandbox and limits, its state directory
+    as working directory and HOME, a fixed environment, bounded output, and one deadline that also ends
+    whatever it started (a child that escaped with setsid included) before the heartbeat goes on.
     """
     import shlex
-    argv = shlex.split(command)
-    kwargs = {}
-    user = agent.get("user")
-    env = {"PATH": agentops_auth.SAFE_PATH, "LANG": "C.UTF-8", "AGENTOPS_AGENT": agent["name"]}
-    if user and os.geteuid() == 0:
-        try:
-            entry = pwd.getpwnam(user)
-        except KeyError:
-            alert.log("heartbeat %s: poll command user %s does not exist" % (agent["name"], user))
-            return False
-        kwargs.update(user=entry.pw_uid, group=entry.pw_gid, extra_groups=[])
-        env.update(HOME=entry.pw_dir, USER=user, LOGNAME=user)
-    cwd = agent.get("state_dir")
     try:
-        result = agentops_auth.run_bounded(argv, timeout=timeout, env=env,
-                                           cwd=cwd if cwd and os.path.isdir(cwd) else "/", stdout_limit=65536,
-                                           **kwargs)
-    except OSError as exc:
-        alert.log("heartbeat %s: poll command could not run: %s" % (agent["name"], exc.strerror or exc))
+        argv = shlex.split(command)
+    except ValueError as exc:
+        alert.log("heartbeat %s: poll command does not parse: %s" % (agent["name"], exc))
         return False
-    if result["timed_out"]:
-        alert.log("heartbeat %s: poll command timed out after %ss" % (agent["name"], timeout))
+    try:
+        result = sandbox.run("poll", agent, argv, timeout)
+    except sandbox.SandboxError as exc:
+        alert.log("heartbeat %s: poll command not run: %s" % (agent["name"], exc))
         return False
     if result["stdout_overflow"]:
         alert.log("heartbeat %s: poll command printed more than 64 KiB: stopped" % agent["name"])
         return False
-    if result["returncode"] != 0:
-        alert.log("heartbeat %s: poll command exited %s" % (agent["name"], result["returncode"]))
-    return result["returncode"] == 0
+    if result["timed_out"]:
+        alert.log("heartbeat %s: poll command timed out after %ss (its unit %s was stopped)"
+                  % (agent["name"], timeout, result["unit"]))
+        return False
+    if result["result"] == "exit-code" and result["status"] not in sandbox.SETUP_STATUSES:
+        alert.log("heartbeat %s: poll command exited %s" % (agent["name"], result["status"]))
+    elif not result["ok"]:
+        alert.log("heartbeat %s: poll command %s" % (agent["name"], sandbox.describe(result, timeout)))
+    return result["ok"]
 
 
 def last_progress(agent, props, hbstate, now=None, run_command=False, journal=None):

@@ -9,15 +9,16 @@ rotation counts from that newer time). A day the host was down is caught up by t
 next daily run.
 
 Rotating one credential:
-  1. run ``command`` as the agent's user with a fixed minimal environment (PATH, LANG,
-     HOME = the agent's state directory, USER/LOGNAME, AGENTOPS_AGENT, AGENTOPS_CREDENTIAL;
-     never root's), in the agent's state directory, the current credential on stdin, no
-     other inherited file descriptor, in its own process group. One deadline (``timeout``)
-     covers the run AND the reading of its output: at the deadline the group is killed and
-     the pipes are no longer read, so a child that escaped with ``setsid`` and holds them
-     cannot keep the run (or any other agent's rotation) waiting. stdout beyond 64 KiB is a
-     failure; of stderr only the end is kept, and the last line shown in a failure has every
-     token (current and new) masked BEFORE it is cut to length. stdout is the new token:
+  1. run ``command`` for the agent (``agentops_host.sandbox``): as its user, in the transient unit
+     ``agentops-heartbeat-rotate-<agent>.service`` with the agent's own sandbox and limits (the directives
+     of its unit), a fixed minimal environment (PATH, LANG, HOME = the agent's state directory,
+     USER/LOGNAME, AGENTOPS_AGENT, AGENTOPS_CREDENTIAL; never root's), in the agent's state directory,
+     the current credential on stdin. One deadline (``timeout``) covers the run AND the reading of its
+     output: at the deadline the unit is stopped with every process it started (a child that escaped
+     with ``setsid`` included) and the pipes are no longer read, so nothing can keep the run (or any other
+     agent's rotation) waiting. stdout and stderr come back through pipes, never through the journal.
+     stdout beyond 64 KiB is a failure; of stderr only the end is kept, and the last line shown in a
+     failure has every token (current and new) masked BEFORE it is cut to length. stdout is the new token:
      stripped, non-empty, a single line, different from the current one;
   2. validate it with the agent's auth checks for that credential
      (``check_auth.check_agent(..., overrides=..., only_credential=...)``): every
@@ -56,6 +57,7 @@ import sys
 import time
 
 from agentops_host import config
+from agentops_host import sandbox
 from agentops_host import state as statefiles
 from agentops_lib import agentops_auth
 from agentops_lib import agentops_contract
@@ -257,21 +259,6 @@ def next_due(args, agent):
 # the rotation itself
 
 
-def _user_env(agent, credential, user_record):
-    """The whole environment of the rotation command: fixed, never inherited from root or cron."""
-    home = agent.get("state_dir") or (user_record.pw_dir if user_record else "/")
-    env = {
-        "PATH": SAFE_PATH,
-        "LANG": "C.UTF-8",
-        "HOME": home,
-        "AGENTOPS_AGENT": agent["name"],
-        "AGENTOPS_CREDENTIAL": credential,
-    }
-    if user_record:
-        env["USER"] = env["LOGNAME"] = user_record.pw_name
-    return env
-
-
 def _command_argv(entry):
     command = entry["command"]
     try:
@@ -284,28 +271,25 @@ def _command_argv(entry):
 
 
 def run_command(agent, entry, current, timeout):
-    """Run the rotation command as the agent's user; return the new token (never logged)."""
+    """Run the rotation command for the agent, in its sandbox; return the new token (never logged).
+
+    Through agentops_host.sandbox: as the agent's user, in the transient unit
+    agentops-heartbeat-rotate-<agent>.service with the agent's own sandbox and limits; the current token on
+    stdin and the new one on stdout, both through pipes, never through the journal.
+    """
     argv = _command_argv(entry)
     user = agent.get("user")
-    kwargs = {}
-    record = None
     if user:
         try:
-            record = pwd.getpwnam(user)
+            pwd.getpwnam(user)
         except KeyError:
             raise RotationError("user %s of agent %s does not exist" % (user, agent["name"]))
-        if os.geteuid() == 0:
-            kwargs.update(user=record.pw_uid, group=record.pw_gid,
-                          extra_groups=os.getgrouplist(record.pw_name, record.pw_gid))
-        elif record.pw_uid != os.geteuid():
-            raise RotationError("must run as root to run the rotation command as %s" % user)
-    env = _user_env(agent, entry["credential"], record)
-    cwd = env["HOME"] if os.path.isdir(env["HOME"]) else "/"
     try:
-        run = agentops_auth.run_bounded(argv, stdin_data=(current or "").encode("utf-8"), timeout=timeout, env=env,
-                                        cwd=cwd, stdout_limit=MAX_OUTPUT, stderr_limit=STDERR_TAIL, **kwargs)
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise RotationError("cannot run %s: %s" % (argv[0], agentops_auth.describe_error(exc, (current,))))
+        run = sandbox.run("rotate", agent, argv, timeout, stdin_data=(current or "").encode("utf-8"),
+                          extra_env={"AGENTOPS_CREDENTIAL": entry["credential"]}, stdout_limit=MAX_OUTPUT,
+                          stderr_limit=STDERR_TAIL)
+    except sandbox.SandboxError as exc:
+        raise RotationError("cannot run %s: %s" % (argv[0], agentops_auth.mask_text(str(exc), (current,))))
     if run["stdout_overflow"]:
         raise RotationError("command %s printed more than %d KiB on stdout; expected only the new token"
                             % (argv[0], MAX_OUTPUT // 1024))
@@ -313,10 +297,13 @@ def run_command(agent, entry, current, timeout):
     if run["timed_out"]:
         raise RotationError("command %s timed out after %ss%s"
                             % (argv[0], _seconds(timeout), _stderr_tail(run, (text, current))))
-    code = run["returncode"]
-    if code != 0:
-        how = "exited with status %s" % code if code is not None and code >= 0 else "was killed by signal %s" % (
-            -code if code is not None else "?")
+    if not run["ok"]:
+        if run["result"] == "exit-code" and run["status"] not in sandbox.SETUP_STATUSES:
+            how = "exited with status %s" % run["status"]
+        elif run["result"] in ("signal", "core-dump"):
+            how = "was killed by signal %s" % run["status"]
+        else:
+            how = sandbox.describe(run, timeout)
         raise RotationError("command %s %s%s" % (argv[0], how, _stderr_tail(run, (text, current))))
     if not text:
         raise RotationError("command %s printed no token%s" % (argv[0], _stderr_tail(run, (current,))))

@@ -57,8 +57,12 @@ REFERENCE_PLAY = """
           {%% set rendered = {} %%}{%% for agent in effective %%}{%% set _ = rendered.update({agent.name: {
             'AGENTS.md': lookup('ansible.builtin.template', role ~ '/templates/AGENTS.md.j2', template_vars={'agent': agent}),
             'WORKSTATE.md': lookup('ansible.builtin.template', role ~ '/templates/WORKSTATE.md.j2', template_vars={'agent': agent}),
-            'unit': lookup('ansible.builtin.template', role ~ '/templates/agent.service.j2', template_vars={'agent': agent}),
-            'config': (agent.config | to_nice_json(indent=2)) ~ '\\n'}}) %%}{%% endfor %%}{{ rendered | to_json }}
+            'unit': lookup('ansible.builtin.template', role ~ '/templates/agent.service.j2', template_vars={'agent': agent,
+                'agentops_agents_sandbox': agent | agentops.fleet.agents_sandbox(agentops_agents_systemd_version,
+                                                                                agentops_agents_profile_directives)}),
+            'config': (agent.config | combine({'sandbox': (agent | agentops.fleet.agents_sandbox(
+                agentops_agents_systemd_version, agentops_agents_profile_directives)).config})
+                       | to_nice_json(indent=2)) ~ '\\n'}}) %%}{%% endfor %%}{{ rendered | to_json }}
 """
 
 
@@ -383,3 +387,51 @@ def test_the_session_start_auth_check_unit():
         assert line in lines, line
     # root, like ExecStartPre=+: no User=, no credentials of its own, no sandbox that hides /etc/agentops
     assert not [x for x in lines if x.startswith(("User=", "LoadCredential", "ProtectSystem", "Environment"))]
+def _directive_lines(unit):
+    """The [Service] directives of a unit file."""
+    service = unit.split("[Service]\n", 1)[1].split("\n[", 1)[0]
+    return [line for line in service.splitlines() if "=" in line and not line.startswith("#")]
+
+
+@pytest.mark.parametrize("version", [247, 252, 257])
+def test_the_units_limits_and_sandbox_and_the_hosts_sandbox_entry_are_one_list(version):
+    """agents.d/<name>.json "sandbox" (what the host gives an agent's poll and rotation commands) holds exactly the
+    limits and sandbox lines of the agent's unit, in order, gated on the same systemd version."""
+    agents = AGENTS + [{"name": "knobby", "command": "/bin/true", "memory_high": "1G", "oom_score_adjust": 100,
+                        "restart_steps": 3, "restart_max_delay_sec": "1min", "runtime_max": "1h"}]
+    effective = filters.agents_normalize(agents, DEFAULTS)
+    by_path = dict((f["path"], f["content"]) for f in filters.agents_files(effective, ROLE, PATHS, version,
+                                                                            PROFILES)["files"])
+    for entry in effective:
+        if entry["state"] != "present":
+            continue
+        lines = _directive_lines(by_path["/etc/systemd/system/" + entry["unit"]])
+        sandbox = json.loads(by_path["/etc/agentops/agents.d/%s.json" % entry["name"]])["sandbox"]
+        assert sandbox["systemd"] == version
+        directives = ["%s=%s" % (k, v) for k, v in sandbox["directives"]]
+        start = lines.index("MemoryMax=" + entry["memory_max"])
+        unit_part = [line for line in lines[start:] if not line.startswith(("RestartSteps=", "RestartMaxDelaySec=",
+                                                                             "RuntimeMaxSec="))]
+        # the unit writes % doubled where systemd expands specifiers; the host passes the values as they are
+        assert [line.replace("%%", "%") for line in unit_part] == directives, entry["name"]
+        keys = [k for k, _v in sandbox["directives"]]
+        assert keys[:3] == ["MemoryMax", "CPUQuota", "TasksMax"]
+        if entry["hardening"] == "none":
+            assert keys == ["MemoryMax", "CPUQuota", "TasksMax"]
+        else:
+            assert "NoNewPrivileges" in keys and keys[-1] == "ReadWritePaths"
+            assert ("PrivateIPC" in keys) is (version >= 248) and ("MemoryKSM" in keys) is (version >= 254)
+        assert ("ProcSubset" in keys) is (entry["hardening"] == "strict")
+    mail = json.loads(by_path["/etc/agentops/agents.d/mail-triage.json"])["sandbox"]["directives"]
+    assert mail[-1] == ["ReadWritePaths", "/var/lib/agentops/mail-triage /srv/mail /srv/50%"]
+    assert "ReadWritePaths=/var/lib/agentops/mail-triage /srv/mail /srv/50%%" in by_path[
+        "/etc/systemd/system/agentops-mail-triage.service"]
+    knobby = json.loads(by_path["/etc/agentops/agents.d/knobby.json"])["sandbox"]["directives"]
+    assert knobby[3:5] == [["MemoryHigh", "1G"], ["OOMScoreAdjust", "100"]]
+
+
+def test_the_hosts_sandbox_entry_passes_the_hosts_own_check():
+    from ansible_collections.agentops.fleet.plugins.module_utils.agentops_contract import sandbox_problems
+    for entry in filters.agents_normalize(AGENTS, DEFAULTS):
+        if entry["state"] == "present":
+            assert sandbox_problems(filters.agent_sandbox(entry, 257, PROFILES)["config"]) == []
