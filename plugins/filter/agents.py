@@ -79,8 +79,9 @@ def agents_files(agents, role_path, paths, systemd_version=None, profile_directi
     templates = os.path.join(str(role_path), "templates")
     users, directories, files, units = [], [], [], []
     for agent in present:
-        owner = {"owner": agent["user"], "group": agent["user"]}
-        users.append({"name": agent["user"], "home": agent["state_dir"], "comment": "agentops agent %s" % agent["name"]})
+        owner = {"owner": agent["user"], "group": agent["user"], "agent": agent["name"]}
+        users.append({"name": agent["user"], "home": agent["state_dir"], "comment": "agentops agent %s" % agent["name"],
+                      "agent": agent["name"]})
         directories.append(dict(owner, path=agent["state_dir"], mode="0700"))
         files.append(dict(owner, path=agent["state_dir"] + "/AGENTS.md", mode="0600",
                           content=render_template(templates, "AGENTS.md.j2", agent=agent)))
@@ -88,15 +89,17 @@ def agents_files(agents, role_path, paths, systemd_version=None, profile_directi
                           content=render_template(templates, "WORKSTATE.md.j2", agent=agent)))
     if present and systemd_version is None:
         raise AnsibleFilterError("agents_files: the systemd version of the host is needed to render the units")
+    # After every agent's files in its own directory: an agent held there (agent_files) gets none of these.
     for agent in present:
-        units.append({"path": "%s/%s" % (paths["units"], agent["unit"]), "mode": "0644",
+        units.append({"path": "%s/%s" % (paths["units"], agent["unit"]), "mode": "0644", "agent": agent["name"],
                       "content": render_template(templates, "agent.service.j2", agent=agent, agentops_paths=paths,
                                                  agentops_agents_systemd_version=int(systemd_version),
                                                  agentops_agents_profile_directives=profile_directives)})
         if agent.get("schedule"):
-            units.append({"path": "%s/%s" % (paths["units"], agent["timer"]), "mode": "0644",
+            units.append({"path": "%s/%s" % (paths["units"], agent["timer"]), "mode": "0644", "agent": agent["name"],
                           "content": render_template(templates, "agent.timer.j2", agent=agent)})
-        units.append({"path": agent["config_file"], "mode": "0600", "content": _config_json(agent["config"])})
+        units.append({"path": agent["config_file"], "mode": "0600", "content": _config_json(agent["config"]),
+                      "agent": agent["name"]})
     return {"users": users, "directories": directories, "files": files + units}
 
 
