@@ -28,9 +28,9 @@ _OWNER = r"""
         default: root
       agent:
         description:
-          - The agent this entry belongs to. A hostile entry of that agent in an agent-writable directory (found
+          - "The agent this entry belongs to. A hostile entry of that agent in an agent-writable directory (found
             before anything is written, or in a race later) leaves the agent as it was: its later entries are not
-            handled and nothing of it is replaced (RV(held)).
+            handled and nothing of it is replaced (RV(held))."
         type: str"""
 
 # The suboptions of one file entry.

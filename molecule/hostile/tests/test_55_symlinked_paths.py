@@ -4,7 +4,7 @@ The evil agent's command and the token path of a `file` auth check live in its o
 them elsewhere:
 
 * `strict`, command `~/bin/agent` -> a root-only file whose first line is `#!/usr/bin/node` (site.yml);
-* a `file` auth check on `~/token` -> victim's credential, then -> /etc/shadow (the agents role alone).
+* `file` auth checks on `~/token` -> victim's credential and on `~/shadow` -> /etc/shadow (the agents role alone).
 
 Each time, on both hosts at once: nothing behind the link is followed or shown (neither the target, nor its
 first line, its mode or its age), evil's unit, agents.d file, AGENTS.md and credential stay byte for byte as they
@@ -26,16 +26,20 @@ JIT_FILE = "/root/agentops-jit-secret.js"
 JIT_CANARY = "CANARY-jit-secret-2b7d41"
 COMMAND = EVIL_HOME + "/bin/agent"
 TOKEN = EVIL_HOME + "/token"
+SHADOW = EVIL_HOME + "/shadow"
 # What the evil agent's files must still be after a held run (root-owned ones and its AGENTS.md).
 EVIL_FILES = ["/etc/systemd/system/agentops-evil.service", "/etc/agentops/agents.d/evil.json",
               EVIL_HOME + "/AGENTS.md", CRED % "evil"]
 NOT_FOLLOWED = "is a symlink (not followed): in a directory that a user other than root can write"
 CASES = {
-    # case: (playbook, target of the link, what is linked)
-    "command": ("converge.yml", JIT_FILE, COMMAND),
-    "token-credential": ("agents.yml", CRED % "victim", TOKEN),
-    "token-shadow": ("agents.yml", "/etc/shadow", TOKEN),
+    # case: (playbook, {link: target})
+    "command": ("converge.yml", {COMMAND: JIT_FILE}),
+    "token": ("agents.yml", {TOKEN: CRED % "victim", SHADOW: "/etc/shadow"}),
 }
+# what the run and the alert must name, per case
+NAMED = {"command": ["agentops_agents[evil].command: %s" % COMMAND],
+         "token": ["agentops_agents[evil].auth_checks[token].path: %s" % TOKEN,
+                   "agentops_agents[evil].auth_checks[shadow].path: %s" % SHADOW]}
 
 
 def evil_state(host):
@@ -51,7 +55,8 @@ def inventory(case, nonce):
         evil["hardening"] = "strict"
         evil["command"] = COMMAND + " evil"
     else:
-        evil["auth_checks"] = list(evil.get("auth_checks") or []) + [{"name": "token", "type": "file", "path": TOKEN}]
+        evil["auth_checks"] = list(evil.get("auth_checks") or []) + [
+            {"name": "token", "type": "file", "path": TOKEN}, {"name": "shadow", "type": "file", "path": SHADOW}]
     agent(agents, "victim")["description"] = "victim converged next to a held agent %s" % nonce
     return agents
 
@@ -66,7 +71,7 @@ def held_runs():
             write(host, API_RULES, "[]\n")  # every GET /<agent>/me answers 200: the auth role passes for the others
             write(host, JIT_FILE, "#!/usr/bin/node\n// %s\n" % JIT_CANARY, mode="0600")
             as_evil(host, "mkdir -p bin")
-        for index, (case, (playbook, target, link)) in enumerate(sorted(CASES.items())):
+        for index, (case, (playbook, links)) in enumerate(sorted(CASES.items())):
             if index:
                 # the alert of the case before was seen: resolve it as an operator would, so this case alerts anew
                 for host in hosts:
@@ -74,7 +79,8 @@ def held_runs():
             nonce = uuid.uuid4().hex[:8]
             run = {"nonce": nonce, "before": {}, "after": {}, "since": {}, "victim": {}}
             for host in hosts:
-                as_evil(host, "rm -f bin/agent token && ln -s %s %s" % (target, link))
+                as_evil(host, "rm -f bin/agent token shadow && %s" % " && ".join(
+                    "ln -s %s %s" % (target, link) for link, target in sorted(links.items())))
                 run["before"][host_name(host)] = evil_state(host)
                 run["since"][host_name(host)] = now(host)
             run["result"] = fleet_run(playbook, DEADLINE, extra_vars={"agentops_agents": inventory(case, nonce)},
@@ -87,12 +93,12 @@ def held_runs():
             runs[case] = run
         # the links gone, the scenario's inventory: evil is deployed again and its alert resolved
         for host in hosts:
-            as_evil(host, "rm -rf bin token")
+            as_evil(host, "rm -rf bin token shadow")
         since = dict((host_name(h), now(h)) for h in hosts)
         runs["clean"] = {"result": fleet_run("agents.yml", DEADLINE), "since": since}
     finally:
         for host in hosts:
-            as_evil(host, "rm -rf bin token", ok=False)
+            as_evil(host, "rm -rf bin token shadow", ok=False)
             sh(host, "rm -f %s" % JIT_FILE)
             write(host, API_RULES, rules[host_name(host)])
     return runs
@@ -102,10 +108,9 @@ def held_runs():
 def test_the_run_fails_naming_the_agent_and_the_problem(host, held_runs, case):
     rc, output, recaps, seconds = held_runs[case]["result"]
     assert rc is not None and rc != 0, output[-3000:]
-    field = "command" if case == "command" else "auth_checks[token].path"
-    link = COMMAND if case == "command" else TOKEN
     text = " ".join(output.split())
-    assert "agentops_agents[evil].%s: %s %s" % (field, link, NOT_FOLLOWED) in text, output[-3000:]
+    for named in NAMED[case]:
+        assert "%s %s" % (named, NOT_FOLLOWED) in text, output[-3000:]
     assert "left as they were on %s" % host_name(host) in text, output[-3000:]
     assert recaps[host_name(host)]["failed"] == 1
 
@@ -121,15 +126,15 @@ def test_site_yml_fails_only_after_every_role_ran(host, held_runs):
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_nothing_behind_the_link_is_followed_or_shown(host, held_runs, case):
     rc, output, recaps, seconds = held_runs[case]["result"]
-    playbook, target, link = CASES[case]
+    playbook, links = CASES[case]
     assert leaks(output, host) == []
     # the target, its first line, and what the old file check told about it ("present, mode 0600, written 3min ago");
     # victim's credential path itself is in victim's unit (LoadCredential=), which --diff shows: no line of evil's
     # may name it
     for shown in (JIT_CANARY, "#!/usr/bin/node", "/etc/shadow", "is present, mode"):
         assert shown not in output, "%r in the output of %s" % (shown, case)
-    if case != "token-credential":
-        assert target not in output
+    if case == "command":
+        assert JIT_FILE not in output
     assert not [line for line in output.splitlines() if "evil" in line and CRED % "victim" in line]
 
 
@@ -156,10 +161,10 @@ def test_the_host_alerts_evil_deploy(host, held_runs, case):
     sent = wait_for(lambda: webhook(host, since, key="evil/deploy", severity="critical"), 60,
                     message="evil/deploy alert")
     body = sent[0]["title"] + "\n" + sent[0]["body"]
-    field = "command" if case == "command" else "auth_checks[token].path"
-    assert "agentops_agents[evil].%s" % field in body and NOT_FOLLOWED in body
-    playbook, target, link = CASES[case]
-    for shown in (target, JIT_CANARY, "#!/usr/bin/node", "/etc/shadow", "is present, mode"):
+    for named in NAMED[case]:
+        assert "%s %s" % (named, NOT_FOLLOWED) in body, body
+    playbook, links = CASES[case]
+    for shown in list(links.values()) + [JIT_CANARY, "#!/usr/bin/node", "is present, mode"]:
         assert shown not in body
     assert leaks(body, host) == []
 
