@@ -529,7 +529,7 @@ def _ca_context(ca_path):
         if found.st is None:
             raise OSError(errno.ENOENT, "ca_path %s does not exist" % ca_path)
         if stat.S_ISDIR(found.st.st_mode):
-            if found.writable:
+            if found.writable or not safefile.is_trusted_dir(found.st):
                 raise OSError(errno.EPERM, "ca_path %s is a directory in a place a user other than root can write: "
                                            "not used (point ca_path at a file)" % ca_path)
             return ssl.create_default_context(capath=found.path)

@@ -393,6 +393,9 @@ def path_problem(path, use, user=None, own_dir=None):
     try:
         if prog.problem is not None:
             return prog.problem.message if prog.writable else None
+        if use == "read" and prog.st is not None and stat.S_ISDIR(prog.st.st_mode) \
+                and not safefile.is_trusted_dir(prog.st):
+            prog.writable = True  # its certificates can be replaced
         if not prog.writable:
             return None
         if use == "run":

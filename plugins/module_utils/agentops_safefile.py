@@ -124,6 +124,18 @@ def is_trusted_dir(st):
     return st.st_uid in (0, os.geteuid()) and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
 
 
+def replaceable(dir_st, entry_st=None):
+    """True when a user other than root (or the current user) can replace the entry ``entry_st`` (an ``lstat``;
+    None: an entry that does not exist yet, which anyone who can write the directory can create) of the
+    directory ``dir_st``. In a sticky directory of root's (``/tmp``) an entry of root's can be renamed or removed
+    by root alone, so it stays where it is."""
+    if is_trusted_dir(dir_st):
+        return False
+    trusted = (0, os.geteuid())
+    return not (entry_st is not None and dir_st.st_mode & stat.S_ISVTX and dir_st.st_uid in trusted
+                and entry_st.st_uid in trusted)
+
+
 def agent_writable(dir_fd):
     """True when someone other than root (or the current user) can replace entries of the directory ``dir_fd``."""
     return not is_trusted_dir(os.fstat(dir_fd))
@@ -225,8 +237,9 @@ class Located(object):
     * ``name``: the entry's name in that directory;
     * ``path``: the path reached, with the symlinks that were followed (all in root-only directories) resolved;
     * ``st``: ``lstat`` of the entry - never a symlink - or None when it does not exist;
-    * ``writable``: True when a directory on the way (the one holding the entry included) can be written by a
-      user other than root: such a user could replace the entry, or a directory above it, at any time;
+    * ``writable``: True when a user other than root can replace the entry or a directory on the way (each in the
+      directory holding it: one another user can write, where a sticky directory of root's keeps root's
+      entries); when the entry is missing, True when such a user could create it;
     * ``links``: the symlinks followed on the way (paths), each in a directory only root can write;
     * ``dirs``: the ``fstat`` of every directory opened on the way, from ``/`` (for permission checks);
     * ``missing``: the first component that does not exist (a path), None when the entry exists.
@@ -271,9 +284,10 @@ def locate(path, max_links=MAX_SYMLINKS):
 
     The path is walked from ``/`` one component at a time, each directory opened with ``O_NOFOLLOW``
     relative to the one before. A symlink - a directory on the way or the entry itself - is followed only
-    when the directory holding it can be written by root alone (``/bin -> usr/bin``,
-    ``/usr/bin/node -> /etc/alternatives/node``), at most ``max_links`` of them; a symlink in a directory
-    that another user can write raises ``UnsafeEntry`` (``symlink``, ``writable`` True) without being read.
+    when no user but root can replace it: in a directory only root can write (``/bin -> usr/bin``,
+    ``/usr/bin/node -> /etc/alternatives/node``), or root's own in a sticky directory of root's; at most
+    ``max_links`` of them. A symlink another user can replace raises ``UnsafeEntry`` (``symlink``, ``writable``
+    True) without being read.
     Nothing is opened but directories: the entry's type is in ``st`` (from ``lstat``) before anything opens
     it (``Located.open``), so a device node or a FIFO is never opened. A missing component is not an error
     (``missing``); a component on the way that is not a directory raises ``UnsafeEntry`` (``not a
@@ -289,7 +303,7 @@ def locate(path, max_links=MAX_SYMLINKS):
     shown = "/"
     here_st = os.fstat(current)
     dirs = [here_st]
-    writable = not is_trusted_dir(here_st)
+    writable = False
     links = []
     retries = 0
     try:
@@ -301,7 +315,6 @@ def locate(path, max_links=MAX_SYMLINKS):
                 os.close(current)
                 current, shown, here_st = nxt, here, os.fstat(nxt)
                 dirs.append(here_st)
-                writable = writable or not is_trusted_dir(here_st)
                 if not stack:
                     raise UnsafeEntry(here, "directory", writable=writable)
                 continue
@@ -310,14 +323,17 @@ def locate(path, max_links=MAX_SYMLINKS):
             except OSError as exc:
                 if exc.errno != errno.ENOENT:
                     raise
+                writable = writable or replaceable(here_st)
                 rest = [name] + list(reversed(stack))
                 found = Located(current, name, os.path.join(shown, *rest), None, writable, links, dirs, missing=here)
                 current = None
                 return found
-            if stat.S_ISLNK(st.st_mode):
-                if not is_trusted_dir(here_st):
+            if replaceable(here_st, st):
+                writable = True
+                if stat.S_ISLNK(st.st_mode):
                     raise UnsafeEntry(here, "symlink", "in a directory that a user other than root can write",
                                       writable=True)
+            if stat.S_ISLNK(st.st_mode):
                 if len(links) >= max_links:
                     raise UnsafeEntry(here, "symlink", "more than %d symlinks on the way" % max_links,
                                       writable=writable)
@@ -360,7 +376,6 @@ def locate(path, max_links=MAX_SYMLINKS):
             os.close(current)
             current, shown, here_st = nxt, here, nxt_st
             dirs.append(here_st)
-            writable = writable or not is_trusted_dir(here_st)
         raise ValueError("locate: %r names no entry" % (path,))  # pragma: no cover - the loop returns
     except BaseException:
         if current is not None:

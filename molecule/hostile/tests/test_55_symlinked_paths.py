@@ -88,8 +88,6 @@ def held_runs():
             for host in hosts:
                 run["after"][host_name(host)] = evil_state(host)
                 run["victim"][host_name(host)] = prop(host, UNIT % "victim", "Description")
-                wait_for(lambda h=host, s=run["since"][host_name(host)]: webhook(h, s, key="evil/deploy"), 60,
-                         message="evil/deploy alert (%s)" % case)
             runs[case] = run
         # the links gone, the scenario's inventory: evil is deployed again and its alert resolved
         for host in hosts:
@@ -158,8 +156,9 @@ def test_the_other_agents_converge_in_the_same_run(host, held_runs, case):
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_the_host_alerts_evil_deploy(host, held_runs, case):
     since = held_runs[case]["since"][host_name(host)]
+    # agentops alert delivers while the run goes on (or spools, then the flush timer delivers within seconds)
     sent = wait_for(lambda: webhook(host, since, key="evil/deploy", severity="critical"), 60,
-                    message="evil/deploy alert")
+                    message="evil/deploy alert after:\n%s" % held_runs[case]["result"][1][-3000:])
     body = sent[0]["title"] + "\n" + sent[0]["body"]
     for named in NAMED[case]:
         assert "%s %s" % (named, NOT_FOLLOWED) in body, body

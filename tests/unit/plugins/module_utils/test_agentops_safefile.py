@@ -398,3 +398,28 @@ def test_locate_resolves_dotdot_in_a_root_link_physically(places):
     os.symlink("../../root-only/secret", os.path.join(deep, "up"))
     with safefile.locate(os.path.join(deep, "up")) as found:
         assert found.path == secret and found.writable is False
+
+
+def test_locate_in_a_sticky_directory_of_roots(places):
+    """Like /tmp: another user cannot rename or remove root's entries there, only create new ones."""
+    trusted, agent, secret = places
+    sticky = os.path.join(trusted, "tmp")
+    os.mkdir(sticky)
+    os.chmod(sticky, 0o1777)
+    os.mkdir(os.path.join(sticky, "roots"), 0o755)
+    with safefile.locate(os.path.join(sticky, "roots", "x")) as found:
+        assert found.writable is False
+    with safefile.locate(os.path.join(sticky, "not-there", "x")) as found:
+        assert found.writable is True and found.missing == os.path.join(sticky, "not-there")
+    os.mkdir(os.path.join(sticky, "theirs"), 0o755)
+    os.chown(os.path.join(sticky, "theirs"), NOBODY.pw_uid, NOBODY.pw_gid)
+    with safefile.locate(os.path.join(sticky, "theirs", "x")) as found:
+        assert found.writable is True
+    os.symlink(secret, os.path.join(sticky, "root-link"))
+    with safefile.locate(os.path.join(sticky, "root-link")) as found:
+        assert found.path == secret and found.writable is False
+    os.symlink(secret, os.path.join(sticky, "their-link"))
+    os.lchown(os.path.join(sticky, "their-link"), NOBODY.pw_uid, NOBODY.pw_gid)
+    with pytest.raises(safefile.UnsafeEntry) as err:
+        safefile.locate(os.path.join(sticky, "their-link"))
+    assert err.value.found == "symlink" and err.value.writable is True
