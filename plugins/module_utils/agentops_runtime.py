@@ -18,7 +18,7 @@ apart from the inventory errors (``check_agent``), so it stops that agent alone.
 
 The programs followed from a command are hops (``MAX_HOPS``): the command, then the interpreter its
 ``#!`` line names. A later hop (the program a ``#!/bin/sh`` wrapper ``exec``s) goes through
-``_next_hops`` and the same ``locate``.
+``next_hop`` and the same ``locate``.
 
 Python 2.7 compatible syntax (module_utils); the host side is Python 3.
 """
@@ -302,27 +302,43 @@ def find_runtime(command, user=None, own_dir=None):
             if prog.st is None:
                 return None, None, writable, None
             name = jit_name(prog.path)
-            if hop == 0 and name:
+            if name and hop == 0:  # the command links to a runtime: only root's links were followed
                 return name, "%s links to %s" % (path, prog.path), False, None
-            if hop > 0:
-                # the interpreter of the script before: its resolved name (a wrapper it runs: a later hop)
-                return (name, "%s (%s)" % (found_by, prog.path), writable, None) if name else (None, None, writable, None)
+            if name:  # the program the hop before named, once its links are resolved
+                return name, "%s (%s)" % (found_by, prog.path), writable, None
+            if hop + 1 >= MAX_HOPS:
+                return None, None, writable, None
             head = prog.read_head(owner=owner)
             if prog.problem is not None:
                 return None, None, True, prog.problem
-            shebang = parse_shebang(head or b"")
-            inner = interpreter_words(shebang)
-            script = path if prog.path == path else "%s (a link to %s)" % (path, prog.path)
-            found_by = "%s starts with '#!%s'" % (script, _printable(" ".join(shebang)))
-            name = jit_name(inner)
+            name, found_by, path = next_hop(prog, path, head)
             if name:
                 return name, found_by, writable, None
-            if not inner or not inner.startswith("/"):
+            if path is None:
                 return None, None, writable, None
-            path = inner
         finally:
             prog.close()
     return None, None, writable, None
+
+
+def next_hop(prog, path, head):
+    """What the located program ``prog`` (given as ``path``) hands over to, from its first bytes ``head``:
+    ``(runtime, how, next_path)``.
+
+    ``runtime``: a JIT runtime the ``#!`` line names (``how`` says so); ``next_path``: the absolute program to
+    look at next - the interpreter of the ``#!`` line, whose resolved name may tell the runtime - or None.
+    A ``#!/bin/sh`` wrapper's ``exec <program>`` line is the place for a later rule: it returns that program
+    as ``next_path`` (``find_runtime`` locates it the same way, within ``MAX_HOPS``)."""
+    shebang = parse_shebang(head or b"")
+    inner = interpreter_words(shebang)
+    script = path if prog.path == path else "%s (a link to %s)" % (path, prog.path)
+    how = "%s starts with '#!%s'" % (script, _printable(" ".join(shebang)))
+    name = jit_name(inner)
+    if name:
+        return name, how, None
+    if inner and inner.startswith("/"):
+        return None, how, inner
+    return None, how, None
 
 
 def detect(command):
