@@ -29,6 +29,11 @@ ROLES_DIR = os.path.join(COLLECTION_DIR, "roles")
 # The agentops_* variables besides the roles' options: playbook variables (documented) and the collection's own.
 VARIABLES_FILE = os.path.join(COLLECTION_DIR, "meta", "variables.yml")
 FACT = "agentops_contract_checked"
+# Agent name -> problems found in a place a user other than root can write (its own directory, ...): the agents
+# role leaves these agents as they were, deploys the others, alerts, and the run fails at its end naming them.
+HELD = "agentops_agents_held"
+# True when the playbook reports the held agents at its end (playbooks/site.yml), not each role.
+HELD_DEFERRED = "agentops_agents_held_deferred"
 
 
 def _redacted(value):
@@ -147,26 +152,59 @@ class ActionModule(ActionBase):
                                                                       stderr.splitlines()[-1] if stderr else rc))
         return errors
 
-    def _runtime_errors(self, task_vars, agents):
-        """Strict agents whose command runs a JIT runtime (node, deno, bun, java), recognised on the host by
-        agentops.fleet.agent_runtime (read-only): MemoryDenyWriteExecute=yes would kill them at every start."""
+    def _host_agents(self, task_vars, agents):
+        """The module arguments of agentops.fleet.agent_runtime: every present agent, what root uses of it."""
         hardening = self._value("agentops_agents_hardening", task_vars, self._role_defaults("agents"))
-        strict = dict((agent["name"], agent["command"]) for agent in agents or []
-                      if isinstance(agent, dict) and agent.get("state", "present") == "present"
-                      and agent.get("hardening", hardening) == "strict" and isinstance(agent.get("command"), str))
-        if not strict:
-            return []
+        out = []
+        for agent in agents or []:
+            if not (isinstance(agent, dict) and agent.get("state", "present") == "present"
+                    and isinstance(agent.get("command"), str)):
+                continue
+            name = agent["name"]
+            paths = []
+            for check in agent.get("auth_checks") or []:
+                if not isinstance(check, dict):
+                    continue
+                field = "auth_checks[%s]" % check.get("name")
+                if check.get("type") == "file" and isinstance(check.get("path"), str):
+                    paths.append({"field": field + ".path", "path": check["path"], "use": "stat"})
+                if check.get("type") == "http" and isinstance(check.get("ca_path"), str):
+                    paths.append({"field": field + ".ca_path", "path": check["ca_path"], "use": "read"})
+                if check.get("type") == "command":
+                    words = runtime.split_command(check.get("command"))
+                    if words and words[0].startswith("/"):
+                        paths.append({"field": field + ".command", "path": words[0], "use": "run"})
+            out.append({"name": name, "command": agent["command"], "user": agent.get("user") or "agent-%s" % name,
+                        "own_dir": "%s/%s" % (contract.PATHS["state"], name),
+                        "executable": agent.get("enabled", True) is not False,
+                        "strict": agent.get("hardening", hardening) == "strict", "paths": paths})
+        return out
+
+    def _host_checks(self, task_vars, agents):
+        """(errors, held) from agentops.fleet.agent_runtime (read-only, one call for every present agent, in check
+        mode too): the command's executable exists and the agent's user may run it (enabled agents), a strict
+        agent's command runs no JIT runtime (node, deno, bun, java: MemoryDenyWriteExecute=yes would kill it at
+        every start), and the paths of its auth checks. ``errors`` lie in places only root can write: inventory
+        errors. ``held``: agent name -> problems in a place a user other than root can write; those agents are
+        left as they were and the others are deployed."""
+        arguments = self._host_agents(task_vars, agents)
+        if not arguments:
+            return [], {}
         check_mode = self._task.check_mode
         self._task.check_mode = False
         try:
             result = self._execute_module(module_name="agentops.fleet.agent_runtime",
-                                          module_args={"commands": strict}, task_vars=task_vars)
+                                          module_args={"agents": arguments}, task_vars=task_vars)
         finally:
             self._task.check_mode = check_mode
         if result.get("failed"):
             raise AnsibleError("agentops.fleet.inventory_contract: %s" % result.get("msg"))
-        return [runtime.strict_message("agentops_agents[%s]" % name, found["runtime"], found["how"])
-                for name, found in sorted((result.get("runtimes") or {}).items())]
+        errors, held = [], {}
+        for name, found in sorted((result.get("agents") or {}).items()):
+            errors.extend(found.get("errors") or [])
+            if found.get("problems"):
+                held[name] = list(found["problems"])
+        return errors, held
 
     def run(self, tmp=None, task_vars=None):
         result = super(ActionModule, self).run(tmp, task_vars)
@@ -206,7 +244,11 @@ class ActionModule(ActionBase):
                     passwd, facts = self._users(task_vars)
                     new_facts.update(facts)
                     part_errors = contract.agents_user_errors(values, passwd) or self._schedule_errors(task_vars, values)
-                    part_errors = part_errors or self._runtime_errors(task_vars, values)
+                    if not part_errors:
+                        part_errors, held = self._host_checks(task_vars, values)
+                        new_facts[HELD] = held
+                elif not part_errors:
+                    new_facts[HELD] = {}
             else:
                 part_errors = contract.role_errors(part, values)
             errors.extend(e for e in part_errors if e not in errors)
@@ -215,6 +257,12 @@ class ActionModule(ActionBase):
         if errors:
             return dict(result, failed=True, changed=False, msg="; ".join(errors), problems=errors)
         new_facts[FACT] = checked
+        if self._task.args.get("defer_held"):
+            new_facts[HELD_DEFERRED] = True
         new_facts["agentops_paths"] = dict(contract.PATHS)
-        return dict(result, changed=False, validated=validated, ansible_facts=new_facts,
-                    msg="inventory contract: %s valid" % (", ".join(validated) or "already validated"))
+        held = new_facts.get(HELD) or {}
+        msg = "inventory contract: %s valid" % (", ".join(validated) or "already validated")
+        if held:
+            msg += "; left as they are (a problem in a place a user other than root can write): %s" % (
+                "; ".join(p for name in sorted(held) for p in held[name]))
+        return dict(result, changed=False, validated=validated, ansible_facts=new_facts, held=held, msg=msg)

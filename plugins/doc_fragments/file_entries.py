@@ -25,7 +25,13 @@ _OWNER = r"""
       group:
         description: Group name.
         type: str
-        default: root"""
+        default: root
+      agent:
+        description:
+          - "The agent this entry belongs to. A hostile entry of that agent in an agent-writable directory (found
+            before anything is written, or in a race later) leaves the agent as it was: its later entries are not
+            handled and nothing of it is replaced (RV(held))."
+        type: str"""
 
 # The content of a file entry: required in secret_files; in files it may come from secret_contents instead.
 _CONTENT = r"""
@@ -52,7 +58,8 @@ _FILE_ENTRY = _OWNER + r"""
           - When C(false), an existing file is left alone entirely (content, owner and mode) and
             its path is reported in RV(kept); it is not even opened. In an agent-writable directory an entry
             that is not a regular file is reported in RV(problems) as well.
-          - When C(true), a hostile entry in an agent-writable directory is replaced by the rendered file.
+          - When C(true), a hostile entry in an agent-writable directory is replaced by the rendered file, unless
+            the entry names an O(files[].agent) (then that agent is held, see RV(held)).
         type: bool
         default: true
 """

@@ -143,8 +143,9 @@ def agents_files(agents, role_path, paths, systemd_version=None, profile_directi
     templates = os.path.join(str(role_path), "templates")
     users, directories, files, units, secret_contents = [], [], [], [], {}
     for agent in present:
-        owner = {"owner": agent["user"], "group": agent["user"]}
-        users.append({"name": agent["user"], "home": agent["state_dir"], "comment": "agentops agent %s" % agent["name"]})
+        owner = {"owner": agent["user"], "group": agent["user"], "agent": agent["name"]}
+        users.append({"name": agent["user"], "home": agent["state_dir"], "comment": "agentops agent %s" % agent["name"],
+                      "agent": agent["name"]})
         directories.append(dict(owner, path=agent["state_dir"], mode="0700"))
         files.append(dict(owner, path=agent["state_dir"] + "/AGENTS.md", mode="0600",
                           content=render_template(templates, "AGENTS.md.j2", agent=agent)))
@@ -152,18 +153,19 @@ def agents_files(agents, role_path, paths, systemd_version=None, profile_directi
                           content=render_template(templates, "WORKSTATE.md.j2", agent=agent)))
     if present and systemd_version is None:
         raise AnsibleFilterError("agents_files: the systemd version of the host is needed to render the units")
+    # After every agent's files in its own directory: an agent held there (agent_files) gets none of these.
     for agent in present:
         sandbox = agent_sandbox(agent, systemd_version, profile_directives)
-        units.append({"path": "%s/%s" % (paths["units"], agent["unit"]), "mode": "0644",
+        units.append({"path": "%s/%s" % (paths["units"], agent["unit"]), "mode": "0644", "agent": agent["name"],
                       "content": render_template(templates, "agent.service.j2", agent=agent, agentops_paths=paths,
                                                  agentops_agents_systemd_version=int(systemd_version),
                                                  agentops_agents_sandbox=sandbox)})
         if agent.get("schedule"):
-            units.append({"path": "%s/%s" % (paths["units"], agent["timer"]), "mode": "0644",
+            units.append({"path": "%s/%s" % (paths["units"], agent["timer"]), "mode": "0644", "agent": agent["name"],
                           "content": render_template(templates, "agent.timer.j2", agent=agent)})
         config = dict(agent["config"], sandbox=sandbox["config"])
-        units.append(_secret_entry({"path": agent["config_file"], "mode": "0600", "content": _config_json(config)},
-                                   secret_contents))
+        units.append(_secret_entry({"path": agent["config_file"], "mode": "0600", "content": _config_json(config),
+                                    "agent": agent["name"]}, secret_contents))
     return {"users": users, "directories": directories, "files": files + units, "secret_contents": secret_contents}
 
 

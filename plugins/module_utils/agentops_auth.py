@@ -83,6 +83,8 @@ SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 MAX_COMMAND_OUTPUT = 64 * 1024  # stdout of a command check beyond this is a failure
 STDERR_TAIL = 8 * 1024  # bytes of a command's stderr kept (the end of it)
 MAX_TOKEN_FILE = 1024 * 1024
+# Largest ca_path file read (a CA bundle of a distribution is about 220 KiB).
+MAX_CA_BYTES = 4 * 1024 * 1024
 MAX_DETAIL = 200  # characters of library/command detail shown in a message
 EXIT_GRACE = 0.5  # seconds the pipes are drained after the command itself exited
 _LINE_BREAK = re.compile(r"[\r\n\x00]")
@@ -510,10 +512,38 @@ def _ssl_context(check):
         return context
     ca_path = check.get("ca_path")
     if _is_set(ca_path):
-        if os.path.isdir(ca_path):
-            return ssl.create_default_context(capath=ca_path)
-        return ssl.create_default_context(cafile=ca_path)
+        return _ca_context(str(ca_path))
     return ssl.create_default_context()
+
+
+def _ca_context(ca_path):
+    """A context that trusts ``ca_path``, found with ``agentops_safefile.locate`` (no symlink followed in a place a
+    user other than root can write). A file is read through a descriptor with a bound (``MAX_CA_BYTES``) and
+    given as ``cadata``; a directory of hashed certificates, which OpenSSL reads by name following links, is used
+    only where root alone can write. Raises OSError (the request is not sent)."""
+    try:
+        found = safefile.locate(os.path.abspath(ca_path))
+    except safefile.UnsafeEntry as exc:
+        raise OSError(errno.EINVAL, "ca_path %s" % exc.message)
+    with found:
+        if found.st is None:
+            raise OSError(errno.ENOENT, "ca_path %s does not exist" % ca_path)
+        if stat.S_ISDIR(found.st.st_mode):
+            if found.writable or not safefile.is_trusted_dir(found.st):
+                raise OSError(errno.EPERM, "ca_path %s is a directory in a place a user other than root can write: "
+                                           "not used (point ca_path at a file)" % ca_path)
+            return ssl.create_default_context(capath=found.path)
+        try:
+            fd, dummy = found.open(max_bytes=MAX_CA_BYTES, hardlinks=not found.writable)
+        except safefile.UnsafeEntry as exc:
+            raise OSError(errno.EINVAL, "ca_path %s" % exc.message)
+        try:
+            data = safefile.read_bounded(fd, MAX_CA_BYTES, found.path)
+        except safefile.UnsafeEntry as exc:
+            raise OSError(errno.EFBIG, "ca_path %s" % exc.message)
+        finally:
+            os.close(fd)
+    return ssl.create_default_context(cadata=data.decode("ascii", "replace"))
 
 
 def http_exchange(request, context, timeout):
@@ -889,10 +919,31 @@ def last_line(data, secrets, truncated=False, limit=MAX_DETAIL):
     return bounded_detail(lines[-1], secrets, limit=limit)
 
 
+def program_problem(program):
+    """Why root may not run ``program`` (the first word of a command check): it lies in a place that a user other
+    than root can write (a directory on the way, or a symlink there), so that user could make root run anything.
+    None when only root can change it (or it is not an absolute path: then PATH, system directories, finds it)."""
+    if not program.startswith("/"):
+        return None
+    try:
+        found = safefile.locate(program)
+    except safefile.UnsafeEntry as exc:
+        return exc.message if exc.writable else None
+    except (OSError, ValueError):
+        return None
+    with found:
+        if found.writable:
+            return "%s is in a place that a user other than root can write: root does not run it" % found.path
+    return None
+
+
 def _check_command(check, token, timeout, started, label):
     command = check["command"]
     argv = list(command) if isinstance(command, list) else shlex.split(command)
     shown = command if isinstance(command, str) else " ".join(shlex.quote(p) for p in command)
+    refused = program_problem(str(argv[0])) if argv else None
+    if refused:
+        return _result(AUTH_FAILED, "%s FAILED: %s" % (label, refused), started)
     secrets = [token]
     stdin = ((token or "") + ("\n" if token else "")).encode("utf-8")
     try:
@@ -929,15 +980,27 @@ def _check_command(check, token, timeout, started, label):
 
 
 def _check_file(check, started, label, now=None):
+    """Existence, mode and age of a file, found with ``agentops_safefile.locate``: a symlink is followed only in a
+    directory that root alone can write, so a user who links the path to another file (another agent's
+    credential, /etc/shadow) learns nothing about it; the answer names what was found instead."""
     path = check.get("path") if _is_set(check.get("path")) else check.get("token_file")
     try:
-        info = os.stat(path)
-    except FileNotFoundError:
+        found = safefile.locate(os.path.abspath(str(path)))
+    except safefile.UnsafeEntry as exc:
+        return _result(AUTH_FAILED, "%s FAILED: %s" % (label, exc.message), started)
+    except (OSError, ValueError) as exc:
+        return _result(AUTH_FAILED, "%s FAILED: cannot read %s: %s" % (label, path, getattr(exc, "strerror", None)
+                                                                        or type(exc).__name__), started)
+    with found:
+        info = found.st
+        writable = found.writable
+    if info is None:
         return _result(AUTH_FAILED, "%s FAILED: %s does not exist" % (label, path), started)
-    except OSError as exc:
-        return _result(AUTH_FAILED, "%s FAILED: cannot read %s: %s" % (label, path, exc.strerror or exc), started)
     if not stat.S_ISREG(info.st_mode):
         return _result(AUTH_FAILED, "%s FAILED: %s is not a regular file" % (label, path), started)
+    if writable and info.st_nlink > 1:
+        return _result(AUTH_FAILED, "%s FAILED: %s has %d hard links in a place a user other than root can write "
+                       "(not checked: it may be another file's link)" % (label, path, info.st_nlink), started)
     if info.st_size == 0:
         return _result(AUTH_FAILED, "%s FAILED: %s is empty" % (label, path), started)
     mode = stat.S_IMODE(info.st_mode)

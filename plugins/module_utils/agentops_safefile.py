@@ -21,7 +21,10 @@ a directory twice:
   grows while it is read); owner and mode are changed through the fd (``fix_attrs``);
 * a file is replaced by a new one created with ``O_CREAT|O_EXCL|O_NOFOLLOW`` next to it and renamed over
   it (``replace_file``): a rename replaces a symlink itself and never follows it;
-* only the metadata of an entry: ``stat_path``/``regular_mtime`` (``lstat`` relative to a directory fd).
+* only the metadata of an entry: ``stat_path``/``regular_mtime`` (``lstat`` relative to a directory fd);
+* a path root would follow as a whole (an agent's command, a token path): ``locate`` follows symlinks only in
+  directories that root alone can write, says whether a user other than root can write any directory on the
+  way (``writable``), and gives the entry's type before anything opens it.
 
 Every refusal raises ``UnsafeEntry`` naming the path and what was found there (``found``: ``symlink``,
 ``fifo``, ``directory``, ``not a regular file``, ``not a directory``, ``too large``, ``hard link``,
@@ -68,12 +71,17 @@ _TEXT = {
 
 
 class UnsafeEntry(Exception):
-    """An entry that root does not follow, open or read. ``found`` says what was there."""
+    """An entry that root does not follow, open or read. ``found`` says what was there.
 
-    def __init__(self, path, found, detail=""):
+    ``writable`` (set by ``locate``): True when the entry sits in a place that a user other than root can
+    write (a symlink there always does), False when every directory on the way is root's, None when unknown.
+    """
+
+    def __init__(self, path, found, detail="", writable=None):
         self.path = path
         self.found = found
         self.detail = detail
+        self.writable = writable
         Exception.__init__(self, self.message)
 
     @property
@@ -114,6 +122,18 @@ def _detail_of(mode):
 def is_trusted_dir(st):
     """True when only root (or the user running this code) can add, remove or rename entries in it."""
     return st.st_uid in (0, os.geteuid()) and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+
+
+def replaceable(dir_st, entry_st=None):
+    """True when a user other than root (or the current user) can replace the entry ``entry_st`` (an ``lstat``;
+    None: an entry that does not exist yet, which anyone who can write the directory can create) of the
+    directory ``dir_st``. In a sticky directory of root's (``/tmp``) an entry of root's can be renamed or removed
+    by root alone, so it stays where it is."""
+    if is_trusted_dir(dir_st):
+        return False
+    trusted = (0, os.geteuid())
+    return not (entry_st is not None and dir_st.st_mode & stat.S_ISVTX and dir_st.st_uid in trusted
+                and entry_st.st_uid in trusted)
 
 
 def agent_writable(dir_fd):
@@ -208,6 +228,159 @@ def open_dir(path, root=None):
     else:
         relative = path
     return _walk(start, shown, _split(relative), strict=True)
+
+
+class Located(object):
+    """Where ``locate`` found a path - or where it stopped. Close it (``close()``, or use it in ``with``).
+
+    * ``dir_fd``: the directory holding the entry (when the entry is missing: the deepest directory reached);
+    * ``name``: the entry's name in that directory;
+    * ``path``: the path reached, with the symlinks that were followed (all in root-only directories) resolved;
+    * ``st``: ``lstat`` of the entry - never a symlink - or None when it does not exist;
+    * ``writable``: True when a user other than root can replace the entry or a directory on the way (each in the
+      directory holding it: one another user can write, where a sticky directory of root's keeps root's
+      entries); when the entry is missing, True when such a user could create it;
+    * ``links``: the symlinks followed on the way (paths), each in a directory only root can write;
+    * ``dirs``: the ``fstat`` of every directory opened on the way, from ``/`` (for permission checks);
+    * ``missing``: the first component that does not exist (a path), None when the entry exists.
+    """
+
+    def __init__(self, dir_fd, name, path, st, writable, links, dirs, missing=None):
+        self.dir_fd = dir_fd
+        self.name = name
+        self.path = path
+        self.st = st
+        self.writable = writable
+        self.links = links
+        self.dirs = dirs
+        self.missing = missing
+
+    def close(self):
+        if self.dir_fd is not None:
+            os.close(self.dir_fd)
+            self.dir_fd = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    def open(self, max_bytes=DEFAULT_MAX_BYTES, hardlinks=False):
+        """(fd, fstat) of the entry, which must be a regular file: ``open_file`` relative to ``dir_fd``."""
+        if self.st is None:
+            raise OSError(errno.ENOENT, os.strerror(errno.ENOENT), self.missing or self.path)
+        try:
+            return open_file(self.dir_fd, self.name, self.path, max_bytes, hardlinks)
+        except UnsafeEntry as exc:
+            if exc.writable is None:
+                exc.writable = self.writable
+            raise
+
+
+def locate(path, max_links=MAX_SYMLINKS):
+    """Find the absolute ``path`` the way root may follow it; return a ``Located`` (close it).
+
+    The path is walked from ``/`` one component at a time, each directory opened with ``O_NOFOLLOW``
+    relative to the one before. A symlink - a directory on the way or the entry itself - is followed only
+    when no user but root can replace it: in a directory only root can write (``/bin -> usr/bin``,
+    ``/usr/bin/node -> /etc/alternatives/node``), or root's own in a sticky directory of root's; at most
+    ``max_links`` of them. A symlink another user can replace raises ``UnsafeEntry`` (``symlink``, ``writable``
+    True) without being read.
+    Nothing is opened but directories: the entry's type is in ``st`` (from ``lstat``) before anything opens
+    it (``Located.open``), so a device node or a FIFO is never opened. A missing component is not an error
+    (``missing``); a component on the way that is not a directory raises ``UnsafeEntry`` (``not a
+    directory``). Every ``UnsafeEntry`` raised here says in ``writable`` whether its place can be written by
+    a user other than root.
+    """
+    if not os.path.isabs(path):
+        raise ValueError("locate: %r is not an absolute path" % (path,))
+    stack = list(reversed(_split(os.path.normpath(path))))
+    if not stack:
+        raise ValueError("locate: %r names no entry" % (path,))
+    current = os.open("/", DIR_FLAGS)
+    shown = "/"
+    here_st = os.fstat(current)
+    dirs = [here_st]
+    writable = False
+    links = []
+    retries = 0
+    try:
+        while stack:
+            name = stack.pop()
+            here = _join(shown, name)
+            if name == "..":
+                nxt = os.open("..", DIR_FLAGS, dir_fd=current)
+                os.close(current)
+                current, shown, here_st = nxt, here, os.fstat(nxt)
+                dirs.append(here_st)
+                if not stack:
+                    raise UnsafeEntry(here, "directory", writable=writable)
+                continue
+            try:
+                st = os.stat(name, dir_fd=current, follow_symlinks=False)
+            except OSError as exc:
+                if exc.errno != errno.ENOENT:
+                    raise
+                writable = writable or replaceable(here_st)
+                rest = [name] + list(reversed(stack))
+                found = Located(current, name, os.path.join(shown, *rest), None, writable, links, dirs, missing=here)
+                current = None
+                return found
+            if replaceable(here_st, st):
+                writable = True
+                if stat.S_ISLNK(st.st_mode):
+                    raise UnsafeEntry(here, "symlink", "in a directory that a user other than root can write",
+                                      writable=True)
+            if stat.S_ISLNK(st.st_mode):
+                if len(links) >= max_links:
+                    raise UnsafeEntry(here, "symlink", "more than %d symlinks on the way" % max_links,
+                                      writable=writable)
+                target = os.readlink(name, dir_fd=current)
+                links.append(here)
+                if target.startswith("/"):
+                    nxt = os.open("/", DIR_FLAGS)
+                    os.close(current)
+                    current, shown, here_st = nxt, "/", os.fstat(nxt)
+                    dirs.append(here_st)
+                parts = _split(target)
+                if not parts:
+                    raise UnsafeEntry(here, "directory", writable=writable)
+                stack.extend(reversed(parts))
+                continue
+            if not stack:
+                found = Located(current, name, here, st, writable, links, dirs)
+                current = None
+                return found
+            if not stat.S_ISDIR(st.st_mode):
+                raise UnsafeEntry(here, "not a directory", "a %s" % kind_of(st.st_mode), writable=writable)
+            try:
+                nxt = os.open(name, DIR_FLAGS, dir_fd=current)
+            except OSError as exc:
+                if exc.errno not in (errno.ELOOP, errno.ENOTDIR, errno.ENOENT):
+                    raise
+                nxt = None
+            if nxt is not None:
+                nxt_st = os.fstat(nxt)
+                if (nxt_st.st_dev, nxt_st.st_ino) != (st.st_dev, st.st_ino):
+                    os.close(nxt)
+                    nxt = None
+            if nxt is None:
+                # replaced between lstat and open: look again, a bounded number of times
+                retries += 1
+                if retries > _RETRIES:
+                    raise UnsafeEntry(here, "not a directory", "it keeps changing", writable=writable)
+                stack.append(name)
+                continue
+            os.close(current)
+            current, shown, here_st = nxt, here, nxt_st
+            dirs.append(here_st)
+        raise ValueError("locate: %r names no entry" % (path,))  # pragma: no cover - the loop returns
+    except BaseException:
+        if current is not None:
+            os.close(current)
+        raise
 
 
 def check_regular(st, path, max_bytes=DEFAULT_MAX_BYTES, hardlinks=False):

@@ -31,6 +31,11 @@ description:
     and for a directory it is left in place. A diff never shows the content behind such an entry, nor a file not
     owned by the expected owner."
   - In a directory that only root can write, such an entry fails the module.
+  - "Entries that name an C(agent) are that agent's: before anything is written, the entries of each agent in
+    agent-writable directories are looked at (without following or opening anything); a hostile entry there - or
+    one met later, in a race - leaves that agent as it was: none of its later entries (its unit, its settings) is
+    written, its user is not created, nothing of it is replaced. It is returned in RV(held) and as a warning; the
+    other agents are handled."
 options:
   users:
     description: System users to create when missing. Existing users are left as they are.
@@ -50,6 +55,9 @@ options:
         description: GECOS comment.
         type: str
         default: agentops agent
+      agent:
+        description: The agent this user belongs to (not created while that agent is held, see RV(held)).
+        type: str
   prune:
     description:
       - Directories to clean up - every entry not listed in I(keep) is removed.
@@ -132,6 +140,14 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+held:
+  description:
+    - Agent name -> why it was left as it was (a hostile entry in a directory its user can write); each message
+      starts with C(agentops_agents[<agent>]) and names the path and what was found there. Nothing of that agent
+      was written after the check that found it.
+  returned: always
+  type: dict
+  sample: {"mail": ["agentops_agents[mail]: /var/lib/agentops/mail/AGENTS.md is a symlink (not followed)"]}
 changed_paths:
   description: Paths that were (or in check mode would be) created, changed or removed.
   returned: always
@@ -195,6 +211,7 @@ FILE_OPTIONS = dict(
     group=dict(type="str", default="root"),
     mode=dict(type="str", default="0644"),
     force=dict(type="bool", default=True),
+    agent=dict(type="str"),
 )
 
 # Largest "before" shown in a diff; a larger file is summarised, never read whole.
@@ -284,15 +301,57 @@ class Worker:
         self.created_users = []
         self.diffs = []
         self.problems = []
+        self.held = {}
 
     def _mark(self, path):
         if path not in self.changed_paths:
             self.changed_paths.append(path)
 
-    def _problem(self, path, found, action, message):
-        """A hostile or unusable entry in an agent-writable directory: reported, the run goes on."""
+    def _problem(self, path, found, action, message, agent=None):
+        """A hostile or unusable entry in an agent-writable directory: reported, the run goes on. An entry of an
+        ``agent`` holds that agent: none of its later entries is handled."""
+        if agent:
+            action = "agent %s left as it was" % agent
+            self.held.setdefault(agent, []).append("agentops_agents[%s]: %s" % (agent, message))
         self.problems.append(dict(path=path, found=found, action=action, message=message))
         self.module.warn("%s; %s" % (message, action))
+
+    def _skip(self, item):
+        """True for an entry of an agent that is held."""
+        return bool(item.get("agent")) and item["agent"] in self.held
+
+    def precheck(self, directories, files):
+        """Before anything is written: the entries of each agent in agent-writable directories, looked at with
+        lstat through their directory's fd (nothing followed or opened). A hostile one holds its agent."""
+        for item, kind in [(d, "directory") for d in directories] + [(f, "file") for f in files]:
+            if not item.get("agent") or self._skip(item):
+                continue
+            path = os.path.normpath(item["path"])
+            try:
+                parent = safefile.open_dir(os.path.dirname(path))
+            except safefile.UnsafeEntry as exc:
+                self._problem(path, exc.found, "", exc.message, item["agent"])
+                continue
+            except OSError:
+                continue  # not there yet (created by this run), or reported by the run itself
+            try:
+                if not safefile.agent_writable(parent):
+                    continue
+                st = os.stat(os.path.basename(path), dir_fd=parent, follow_symlinks=False)
+                if kind == "directory":
+                    if not stat.S_ISDIR(st.st_mode):
+                        raise safefile.UnsafeEntry(path, safefile.kind_of(st.st_mode))
+                elif item.get("force", True):
+                    safefile.check_regular(st, path, max(len(item["content"].encode("utf-8")), DIFF_MAX_BYTES))
+                else:
+                    safefile.check_regular(st, path, None, True)
+            except safefile.UnsafeEntry as exc:
+                self._problem(path, exc.found, "", exc.message, item["agent"])
+            except OSError as exc:
+                if exc.errno != errno.ENOENT:
+                    self._problem(path, "error", "", "%s: %s" % (path, exc.strerror or exc), item["agent"])
+            finally:
+                os.close(parent)
 
     def _fail_ids(self, path, item):
         self.module.fail_json(msg="%s: unknown owner %s or group %s" % (path, item["owner"], item["group"]),
@@ -302,6 +361,8 @@ class Worker:
         useradd = self.module.get_bin_path("useradd", required=True)
         nologin = "/usr/sbin/nologin" if os.path.exists("/usr/sbin/nologin") else "/bin/false"
         for user in users:
+            if self._skip(user):
+                continue
             try:
                 pwd.getpwnam(user["name"])
                 continue
@@ -317,7 +378,7 @@ class Worker:
                 self.module.fail_json(msg="useradd %s failed: %s" % (user["name"], (err or out).strip()),
                                       changed_paths=self.changed_paths, created_users=self.created_users)
 
-    def _parent(self, path):
+    def _parent(self, path, agent=None):
         """(fd of the directory holding ``path``, missing): no symlink followed in an agent-writable directory.
 
         The fd is None when the directory does not exist (``missing`` True: in check mode it would be created
@@ -328,7 +389,7 @@ class Worker:
             return safefile.open_dir(directory), False
         except safefile.UnsafeEntry as exc:
             # open_dir follows symlinks only in root-only directories: this one is in a directory a user can write
-            self._problem(path, exc.found, "skipped", exc.message)
+            self._problem(path, exc.found, "skipped", exc.message, agent)
             return None, False
         except OSError as exc:
             if exc.errno != errno.ENOENT:
@@ -338,7 +399,8 @@ class Worker:
             return None, True
         if self._in_agent_dir(directory):
             self._problem(path, "missing directory", "skipped",
-                          "%s: its directory is missing in a directory that a user other than root can write" % path)
+                          "%s: its directory is missing in a directory that a user other than root can write" % path,
+                          agent)
             return None, False
         self.module.fail_json(msg="%s: its directory %s does not exist" % (path, directory),
                               changed_paths=self.changed_paths, problems=self.problems)
@@ -361,13 +423,14 @@ class Worker:
                 os.close(fd)
         return False
 
-    def _in_parent(self, path, what, action, on_missing):
+    def _in_parent(self, path, what, action, on_missing, agent=None):
         """Run ``action(parent_fd, name, untrusted)`` for ``path`` in its opened parent directory.
 
         A missing parent (check mode) calls ``on_missing``. In a root-only directory an unsafe entry fails the
-        module; in an agent-writable one (``untrusted``) it is left in place and reported as a problem.
+        module; in an agent-writable one (``untrusted``) it is left in place and reported as a problem (which holds
+        ``agent``).
         """
-        parent, missing = self._parent(path)
+        parent, missing = self._parent(path, agent)
         if parent is None:
             if missing:
                 on_missing()
@@ -380,16 +443,18 @@ class Worker:
                 if not untrusted:
                     self.module.fail_json(msg="%s exists and is not %s (%s)" % (path, what, exc.found),
                                           changed_paths=self.changed_paths, problems=self.problems)
-                self._problem(path, exc.found, "left in place", exc.message)
+                self._problem(path, exc.found, "left in place", exc.message, agent)
             except OSError as exc:
                 if not untrusted:
                     raise
-                self._problem(path, "error", "skipped", "%s: %s" % (path, exc.strerror or exc))
+                self._problem(path, "error", "skipped", "%s: %s" % (path, exc.strerror or exc), agent)
         finally:
             os.close(parent)
 
     def directories(self, directories):
         for item in directories:
+            if self._skip(item):
+                continue
             path, mode = os.path.normpath(item["path"]), int(item["mode"], 8)
             ids = _ids(item["owner"], item["group"])
             if ids is None and not self.check:
@@ -397,7 +462,7 @@ class Worker:
             self._in_parent(path, "a directory",
                             lambda parent, name, untrusted, path=path, mode=mode, ids=ids:
                             self._directory(parent, name, path, mode, ids),
-                            lambda path=path: self._mark(path))
+                            lambda path=path: self._mark(path), item.get("agent"))
 
     def _directory(self, parent, name, path, mode, ids):
         try:
@@ -426,6 +491,8 @@ class Worker:
 
     def files(self, files, secret):
         for item in files:
+            if self._skip(item):
+                continue
             path = os.path.normpath(item["path"])
             ids = _ids(item["owner"], item["group"])
             if ids is None and not self.check:
@@ -439,7 +506,7 @@ class Worker:
             self._in_parent(path, "a regular file",
                             lambda parent, name, untrusted, path=path, item=item, ids=ids:
                             self._file(parent, name, path, item, ids, secret, untrusted),
-                            missing)
+                            missing, item.get("agent"))
 
     def _file(self, parent, name, path, item, ids, secret, untrusted):
         """One file. In an agent-writable directory (``untrusted``) nothing is followed, read unbounded or
@@ -456,6 +523,9 @@ class Worker:
             # WORKSTATE.md and rotated credentials: never overwritten, never opened
             self.kept.append(path)
             if untrusted and not stat.S_ISREG(st.st_mode):
+                if item.get("agent"):
+                    self.kept.remove(path)
+                    raise safefile.UnsafeEntry(path, safefile.kind_of(st.st_mode))
                 self._problem(path, safefile.kind_of(st.st_mode), "left in place",
                               safefile.UnsafeEntry(path, safefile.kind_of(st.st_mode)).message)
             return
@@ -467,8 +537,8 @@ class Worker:
                 fd, st = safefile.open_file(parent, name, path, hardlinks=not untrusted,
                                             max_bytes=max(len(content), DIFF_MAX_BYTES) if untrusted else None)
             except safefile.UnsafeEntry as exc:
-                if not untrusted or exc.found == "directory":
-                    raise
+                if not untrusted or exc.found == "directory" or item.get("agent"):
+                    raise  # an agent's entry: the agent is held, nothing of it is replaced
                 hostile = exc
             except OSError as exc:
                 if exc.errno != errno.ENOENT:
@@ -584,12 +654,14 @@ def main():
                 name=dict(type="str", required=True),
                 home=dict(type="path", required=True),
                 comment=dict(type="str", default="agentops agent"),
+                agent=dict(type="str"),
             )),
             directories=dict(type="list", elements="dict", default=[], options=dict(
                 path=dict(type="path", required=True),
                 owner=dict(type="str", default="root"),
                 group=dict(type="str", default="root"),
                 mode=dict(type="str", default="0755"),
+                agent=dict(type="str"),
             )),
             files=dict(type="list", elements="dict", default=[],
                        options=dict(FILE_OPTIONS, content=dict(type="str"))),
@@ -606,6 +678,7 @@ def main():
     )
     files = _with_secret_contents(module)
     worker = Worker(module)
+    worker.precheck(module.params["directories"], module.params["files"])
     worker.users(module.params["users"])
     worker.directories(module.params["directories"])
     worker.files(files, secret=False)
@@ -614,7 +687,7 @@ def main():
     worker.absent(module.params["absent"])
     result = dict(changed=bool(worker.changed_paths or worker.created_users),
                   changed_paths=worker.changed_paths, kept=worker.kept, created_users=worker.created_users,
-                  problems=worker.problems)
+                  problems=worker.problems, held=worker.held)
     if module._diff and worker.diffs:
         result["diff"] = worker.diffs
     module.exit_json(**result)

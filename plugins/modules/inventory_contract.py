@@ -29,7 +29,19 @@ description:
     C(share_user=true)); the host's users are read with a read-only C(getent passwd).
   - A part that was validated earlier in the same run with the same values is not validated again
     (fact C(agentops_contract_checked)), so C(site.yml) and each role's C(validate) entry point cost one check.
-  - Runs on the controller (action plugin); the only remote call is the read-only user lookup.
+  - "On the host, read-only and in check mode too (module C(agentops.fleet.agent_runtime), one call for all agents):
+    the first word of each present, enabled agent's C(command) exists and the agent's user may execute it; a
+    C(hardening=strict) agent's command runs no JIT runtime; the paths of the auth checks that root stats, reads
+    or runs. A reason in a place only root can write fails the host here, before any change, naming
+    C(agentops_agents[<name>].command) (or the field)."
+  - "A reason in a place that a user other than root can write (below the agent's own directory, or any directory
+    such a user can write on the way) concerns that agent alone: it is returned in RV(held) and in the fact
+    C(agentops_agents_held) (agent name -> messages). The agents role then leaves that agent as it was (unit,
+    C(agents.d/<name>.json), C(AGENTS.md), credentials), deploys the others and sends the alert
+    C(<agent>/deploy); the run fails at its end naming the agent (at the end of the agents or auth role, or, with
+    O(defer_held=true), where the playbook includes C(agentops.fleet.contract) C(tasks_from=held))."
+  - Runs on the controller (action plugin); the remote calls are the read-only user lookup, C(systemd-analyze
+    calendar) for schedules and C(agentops.fleet.agent_runtime).
 version_added: 0.2.0
 author:
   - agentops.fleet maintainers (@agentops)
@@ -41,6 +53,13 @@ options:
     elements: str
     choices: [common, journald, alerts, agents, heartbeat, token_rotation, auth]
     default: [common, journald, alerts, agents, heartbeat, token_rotation, auth]
+  defer_held:
+    description:
+      - The playbook fails for the agents left as they were at its end (it includes C(agentops.fleet.contract)
+        with C(tasks_from=held) last, as C(playbooks/site.yml) does), so the agents and auth roles do not fail
+        for them and the roles after them still run for the other agents. Sets the fact C(agentops_agents_held_deferred).
+    type: bool
+    default: false
 attributes:
   check_mode:
     support: full
@@ -63,6 +82,11 @@ EXAMPLES = r"""
 - name: Validate only the agents role's variables and agentops_agents
   agentops.fleet.inventory_contract:
     roles: [agents]
+
+- name: Validate everything; the playbook reports agents left as they were at its end
+  agentops.fleet.inventory_contract:
+    roles: [journald, alerts, agents, heartbeat, token_rotation, auth]
+    defer_held: true
 """
 
 RETURN = r"""
@@ -72,6 +96,12 @@ validated:
   type: list
   elements: str
   sample: [alerts, agentops_agents]
+held:
+  description: Agent name -> problems found in a place a user other than root can write (that agent is left as it was).
+  returned: success
+  type: dict
+  sample: {"evil": ["agentops_agents[evil].command: /var/lib/agentops/evil/bin/run is a symlink (not followed): in a
+    directory that a user other than root can write"]}
 problems:
   description: One message per problem, each naming the variable and the agent.
   returned: failure
@@ -89,7 +119,8 @@ def main():
                                       choices=["common", "journald", "alerts", "agents", "heartbeat",
                                                "token_rotation", "auth"],
                                       default=["common", "journald", "alerts", "agents", "heartbeat",
-                                               "token_rotation", "auth"])),
+                                               "token_rotation", "auth"]),
+                           defer_held=dict(type="bool", default=False)),
         supports_check_mode=True,
     )
     module.fail_json(msg="agentops.fleet.inventory_contract runs as an action plugin on the controller")

@@ -31,3 +31,27 @@ _link(os.path.join(ROOT, "plugins", "module_utils"), os.path.join(HOSTLIB, "agen
 for path in (COLLECTIONS, HOSTLIB, os.path.join(ROOT, "roles", "common", "files")):
     if path not in sys.path:
         sys.path.insert(0, path)
+
+
+import pytest  # noqa: E402  (after sys.path is set up above)
+
+
+@pytest.fixture
+def trusted_dir():
+    """A fresh directory whose every ancestor only root (or the user running the tests) can write - unlike pytest's
+    tmp_path below the world-writable /tmp - so that code telling root-only places from places another user can
+    write sees a root-only one. Removed afterwards."""
+    import shutil
+    import tempfile
+    from agentops_lib import agentops_safefile
+    base = os.path.join(CACHE, "trusted-tmp")
+    os.makedirs(base, mode=0o755, exist_ok=True)
+    os.chmod(base, 0o755)
+    path = tempfile.mkdtemp(dir=base)
+    os.chmod(path, 0o755)
+    with agentops_safefile.locate(os.path.join(path, "x")) as found:
+        if found.writable:
+            shutil.rmtree(path, ignore_errors=True)
+            pytest.skip("a directory above %s can be written by a user other than root or this user" % path)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

@@ -72,6 +72,13 @@ CASES = {
                              ["agentops_agents[mail-triage].token_rotation[graph_token].cron", "unknown key"]),
     "failure-mode-unknown-key": (one(failure_modes=[{"tool": "email", "on_failure": "alert", "x": 1}]),
                                  ["agentops_agents[mail-triage].failure_modes[0].x", "unknown key"]),
+    # valid inventories whose program the host does not have (checked on the host, read-only)
+    "command-not-on-host": (one(), ["agentops_agents[mail-triage].command: /opt/agents/mail-triage/run does not "
+                                    "exist on the host", "set enabled: false"]),
+    "command-not-executable": (one(command="/etc/hostname --loop"),
+                               ["agentops_agents[mail-triage].command: /etc/hostname is not executable (mode 0644)"]),
+    "command-a-device": (one(command="/dev/null"),
+                         ["agentops_agents[mail-triage].command: /dev/null is not a regular file: a device node"]),
 }
 @pytest.fixture(scope="module")
 def rejections():

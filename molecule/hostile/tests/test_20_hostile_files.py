@@ -6,7 +6,8 @@ and the on-host heartbeat, status, rotate --list and check-auth (each layout), a
 Each run finishes within a deadline (a FIFO never blocks, a huge file is never read whole), no secret and no
 /etc/shadow line appears in any output or report, nothing outside the agent's directory changes owner, mode or
 content, the other agents are still converged (victim gets a new description in the same run), the hostile files
-are reported for the evil agent, and the audit names them.
+are reported for the evil agent, and the audit names them. The converge leaves the evil agent as it was (its
+AGENTS.md stays the agent's symlink, nothing of it is written) and fails at its end naming it.
 """
 import json
 import os
@@ -114,6 +115,8 @@ def converge_run():
         agent(agents, "victim")["description"] = "victim converged next to a hostile agent %s" % nonce
         result["converge"] = fleet_run("agents.yml", PLAYBOOK_DEADLINE, extra_vars={"agentops_agents": agents},
                                        diff=True, verbosity=3)
+        result["links"] = dict((host_name(h), h.run("readlink %s/AGENTS.md" % EVIL_HOME).stdout.strip())
+                               for h in hosts)
         after(hosts, result)
     finally:
         for host in hosts:
@@ -190,3 +193,10 @@ def test_converge_reports_the_hostile_agents_md(host, converge_run):
     """The evil agent's AGENTS.md is named (not silently followed or skipped) in the converge output."""
     rc, output, recaps, seconds = converge_run["converge"]
     assert EVIL_HOME + "/AGENTS.md" in output, output[-3000:]
+
+
+def test_converge_leaves_the_evil_agent_as_it_was_and_fails_naming_it(host, converge_run):
+    rc, output, recaps, seconds = converge_run["converge"]
+    assert rc is not None and rc != 0, output[-3000:]
+    assert "agentops_agents[evil]: %s/AGENTS.md is a symlink (not followed)" % EVIL_HOME in " ".join(output.split())
+    assert converge_run["links"][host_name(host)] == LAYOUTS["symlinks"]["AGENTS.md"]

@@ -212,6 +212,26 @@ def test_cli_alert_and_flush(tmp_path, recorder):
         cli.main(base + ["alert", "--severity", "bogus", "--key", "k", "--title", "t"])
 
 
+def test_cli_resolves_several_keys_in_one_call(tmp_path, recorder):
+    """A converge clears the deploy alert of every agent it deployed in one call: each open key is resolved once,
+    a key that is not open sends nothing; several keys are refused for any other severity."""
+    args = make_args(tmp_path)
+    write_config(args, [webhook_channel(recorder)])
+    base = ["--config-dir", args.config_dir, "--state-dir", args.state_dir, "--spool-dir", args.spool_dir]
+    for key in ("a/deploy", "c/deploy"):
+        assert cli.main(base + ["alert", "--severity", "critical", "--key", key, "--title", "held"]) == 0
+    assert cli.main(base + ["alert", "--severity", "resolved", "--title", "", "--key=a/deploy", "--key=b/deploy",
+                            "--key=c/deploy"]) == 0
+    bodies = recorder.bodies()
+    assert [(b["severity"], b["key"]) for b in bodies] == [
+        ("critical", "a/deploy"), ("critical", "c/deploy"), ("resolved", "a/deploy"), ("resolved", "c/deploy")]
+    assert bodies[2]["title"] == "resolved: held"
+    assert cli.main(base + ["alert", "--severity", "resolved", "--title", "", "--key=a/deploy"]) == 0
+    assert len(recorder.bodies()) == 4
+    assert cli.main(base + ["alert", "--severity", "critical", "--title", "t", "--key=x", "--key=y"]) == 2
+    assert len(recorder.bodies()) == 4
+
+
 def test_spool_survives_channel_token_change(tmp_path, recorder):
     """The spool folder is keyed by non-secret fields: a rotated bot token keeps the spool."""
     args = make_args(tmp_path)

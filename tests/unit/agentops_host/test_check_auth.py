@@ -370,3 +370,31 @@ def test_unless_running_decides_on_the_main_pid_only():
         assert check_auth.running_session(props) is None, props  # unknown or not running: the checks run
     args = cli.build_parser().parse_args(["check-auth", "--unless-running", "mail-triage"])
     assert args.unless_running and args.agent == "mail-triage" and args.func is check_auth.run
+def test_a_token_path_the_agent_linked_elsewhere_is_no_oracle(host, capsys, api, trusted_dir):
+    """`check-auth` (ExecStartPre=, as root, at every start) on a file check whose path the agent linked to /etc/shadow
+    and to another agent's credential: the answer and the alert say 'symlink (not followed)' and nothing about the
+    target - not whether it exists, its mode or its age."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: the agent's directory belongs to nobody")
+    import pwd
+    nobody = pwd.getpwnam("nobody")
+    home = os.path.join(trusted_dir, "evil")
+    os.mkdir(home, 0o700)
+    os.chown(home, nobody.pw_uid, nobody.pw_gid)
+    token = os.path.join(home, "token")
+    agent_file = os.path.join(host.config_dir, "agents.d", "mail-triage.json")
+    agent = json.load(open(agent_file))
+    agent["auth_checks"] = [{"name": "tok", "type": "file", "path": token, "max_age": "3650d"}]
+    with open(agent_file, "w") as handle:
+        json.dump(agent, handle)
+    for target in ("/etc/shadow", str(host.cred)):
+        if os.path.lexists(token):
+            os.unlink(token)
+        os.symlink(target, token)
+        rc, out, err = run_cli(host, capsys, "mail-triage")
+        assert rc == 1
+        assert "mail-triage/tok: AUTH_FAILED - auth check 'tok' FAILED: %s is a symlink (not followed)" % token in out
+        for text in (out, err, json.dumps(api.posts)):
+            assert "mode 0" not in text and "written" not in text and "shadow" not in text
+            assert str(host.cred) not in text and CANARY not in text
+    assert api.posts and api.posts[0]["key"] == "auth:mail-triage:tok"

@@ -346,5 +346,3 @@ def test_poll_command_is_bounded_in_output_and_time(tmp_path, monkeypatch):
     assert _time.monotonic() - started < 3
     assert "RuntimeMaxSec=1s" in fake.runs()[-1]                        # the unit's own deadline
     assert not fake.loaded("agentops-heartbeat-poll-poller.service")   # the failed unit was reset
-
-

@@ -2080,7 +2080,13 @@ def _cmd_alert(args):
     body = args.body
     if body == "-":
         body = sys.stdin.read()
-    ok = emit(args, args.severity, args.key, args.title, body or "", agent=args.agent, unit=args.unit)
+    keys = args.key
+    if len(keys) > 1 and args.severity != "resolved":
+        log("alert: several --key only with --severity resolved")
+        return 2
+    ok = True
+    for key in keys:  # several keys: one resolve each (a key that is not open sends nothing)
+        ok = emit(args, args.severity, key, args.title, body or "", agent=args.agent, unit=args.unit) and ok
     return 0 if ok else 1
 
 
@@ -2100,7 +2106,9 @@ def _cmd_failure(args):
 def add_parser(subparsers):
     parser = subparsers.add_parser("alert", help="raise, refresh or resolve an alert on every channel")
     parser.add_argument("--severity", required=True, choices=SEVERITIES)
-    parser.add_argument("--key", required=True, help="de-duplication key (one open alert per key)")
+    parser.add_argument("--key", required=True, action="append",
+                        help="de-duplication key (one open alert per key); repeated with --severity resolved, each "
+                             "open one is resolved")
     parser.add_argument("--title", required=True)
     parser.add_argument("--body", default="", help="message body ('-' reads standard input)")
     parser.add_argument("--agent", default=None)

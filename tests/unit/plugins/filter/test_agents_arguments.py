@@ -118,11 +118,15 @@ def test_agents_files_owners_modes_and_order():
     effective = filters.agents_normalize(AGENTS, DEFAULTS)
     args = filters.agents_files(effective, ROLE, PATHS, 252, PROFILES)
     assert args["users"] == [
-        {"name": "mailer", "home": "/var/lib/agentops/mail-triage", "comment": "agentops agent mail-triage"},
-        {"name": "agent-strict-one", "home": "/var/lib/agentops/strict-one", "comment": "agentops agent strict-one"},
-        {"name": "agent-open", "home": "/var/lib/agentops/open", "comment": "agentops agent open"}]
+        {"name": "mailer", "home": "/var/lib/agentops/mail-triage", "comment": "agentops agent mail-triage",
+         "agent": "mail-triage"},
+        {"name": "agent-strict-one", "home": "/var/lib/agentops/strict-one", "comment": "agentops agent strict-one",
+         "agent": "strict-one"},
+        {"name": "agent-open", "home": "/var/lib/agentops/open", "comment": "agentops agent open", "agent": "open"}]
     assert args["directories"][0] == {"path": "/var/lib/agentops/mail-triage", "owner": "mailer", "group": "mailer",
-                                      "mode": "0700"}
+                                      "mode": "0700", "agent": "mail-triage"}
+    # every entry names its agent: a problem in its directory holds that agent's later entries (agent_files)
+    assert [f["agent"] for f in args["files"][:2] + args["files"][6:8]] == ["mail-triage"] * 4
     paths = [f["path"] for f in args["files"]]
     # the agents' own files first, then units and settings (the order of the module's work)
     assert paths[:2] == ["/var/lib/agentops/mail-triage/AGENTS.md", "/var/lib/agentops/mail-triage/WORKSTATE.md"]

@@ -729,3 +729,107 @@ def test_read_token_file_is_bounded_and_refuses_fifos(tmp_path):
     result = auth.run_check({"name": "f", "type": "jwt", "token_file": str(fifo)})
     assert result["status"] == "AUTH_FAILED" and "not a regular file" in result["message"]
     assert time.monotonic() - started < 2
+
+
+# ---------------------------------------------------------------- paths an agent can write (root never follows them)
+SECRET_TEXT = "CANARY-another-agents-credential-5c1d"
+
+
+@pytest.fixture
+def evil_home(trusted_dir):
+    """trusted/agents/evil (nobody 0700, like an agent's state directory) and trusted/credentials/victim (root 0600)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: the agent's directory belongs to nobody")
+    import pwd
+    nobody = pwd.getpwnam("nobody")
+    home = os.path.join(trusted_dir, "agents", "evil")
+    os.makedirs(home)
+    os.chmod(home, 0o700)
+    os.chown(home, nobody.pw_uid, nobody.pw_gid)
+    credentials = os.path.join(trusted_dir, "credentials")
+    os.mkdir(credentials, 0o700)
+    victim = os.path.join(credentials, "victim")
+    with open(victim, "w") as handle:
+        handle.write(SECRET_TEXT)
+    os.chmod(victim, 0o600)
+    os.utime(victim, (1_000_000_000, 1_000_000_000))
+    return home, victim
+
+
+@pytest.mark.parametrize("target", ["credential", "/etc/shadow"])
+def test_file_check_never_follows_a_symlink_the_agent_planted(evil_home, target):
+    """The agent links its token path to another agent's credential or /etc/shadow: the check says what it found,
+    never whether the target exists, its mode or its age."""
+    home, victim = evil_home
+    token = os.path.join(home, "token")
+    os.symlink(victim if target == "credential" else target, token)
+    for check in ({"name": "tok", "type": "file", "path": token, "max_age": "3650d"},
+                  {"name": "tok", "type": "file", "token_file": token}):
+        result = auth.run_check(check)
+        assert result["status"] == "AUTH_FAILED"
+        assert result["message"] == "auth check 'tok' FAILED: %s is a symlink (not followed): in a directory that " \
+                                    "a user other than root can write" % token
+        text = json.dumps(result)
+        assert "0600" not in text and "written" not in text and victim not in text and "shadow" not in text
+        assert result["expires_at"] is None
+
+
+def test_file_check_refuses_a_hard_link_in_the_agents_directory(evil_home):
+    home, victim = evil_home
+    token = os.path.join(home, "token")
+    os.link(victim, token)
+    result = auth.run_check({"name": "tok", "type": "file", "path": token})
+    assert result["status"] == "AUTH_FAILED" and "2 hard links" in result["message"]
+    assert "0600" not in result["message"] and "written" not in result["message"]
+
+
+def test_file_check_follows_links_only_root_can_write(evil_home, trusted_dir):
+    home, victim = evil_home
+    link = os.path.join(trusted_dir, "token-link")
+    os.symlink(victim, link)
+    result = auth.run_check({"name": "tok", "type": "file", "path": link})
+    assert result["status"] == "AUTH_OK" and "mode 0600" in result["message"]
+    own = os.path.join(home, "token")
+    with open(own, "w") as handle:
+        handle.write("t")
+    os.chmod(own, 0o600)
+    assert auth.run_check({"name": "tok", "type": "file", "path": own})["status"] == "AUTH_OK"
+
+
+def test_command_check_never_runs_a_program_the_agent_can_replace(evil_home, trusted_dir):
+    """Root runs a command check's program: one in the agent's directory is refused, not run."""
+    home, victim = evil_home
+    marker = os.path.join(trusted_dir, "ran-as-root")
+    tool = os.path.join(home, "check")
+    with open(tool, "w") as handle:
+        handle.write("#!/bin/sh\ntouch %s\n" % marker)
+    os.chmod(tool, 0o755)
+    result = auth.run_check({"name": "cli", "type": "command", "command": tool + " --status"})
+    assert result["status"] == "AUTH_FAILED"
+    assert result["message"] == "auth check 'cli' FAILED: %s is in a place that a user other than root can write: " \
+                                "root does not run it" % tool
+    assert not os.path.exists(marker)
+    os.symlink(tool, os.path.join(home, "link"))
+    result = auth.run_check({"name": "cli", "type": "command", "command": [os.path.join(home, "link")]})
+    assert "is a symlink (not followed)" in result["message"] and not os.path.exists(marker)
+    assert auth.run_check({"name": "cli", "type": "command", "command": "/bin/true"})["status"] == "AUTH_OK"
+
+
+def test_ca_path_in_the_agents_directory_is_never_followed(evil_home, tls_api):
+    home, victim = evil_home
+    link = os.path.join(home, "ca.pem")
+    os.symlink(victim, link)
+    result = auth.run_check({"name": "tls", "type": "http", "url": tls_api.url("/ok"), "ca_path": link}, token=CANARY)
+    assert result["status"] == "AUTH_FAILED"
+    assert "ca_path %s is a symlink (not followed)" % link in result["message"]
+    assert SECRET_TEXT not in json.dumps(result) and victim not in result["message"]
+    os.unlink(link)
+    with open(tls_api.cert) as src, open(link, "w") as dst:  # a real file of the agent's: read through a descriptor
+        dst.write(src.read())
+    assert auth.run_check({"name": "tls", "type": "http", "url": tls_api.url("/ok"), "ca_path": link},
+                          token=CANARY)["status"] == "AUTH_OK"
+    os.unlink(link)
+    os.mkdir(link)
+    result = auth.run_check({"name": "tls", "type": "http", "url": tls_api.url("/ok"), "ca_path": link}, token=CANARY)
+    assert result["status"] == "AUTH_FAILED" and "is a directory in a place a user other than root can write" \
+        in result["message"]

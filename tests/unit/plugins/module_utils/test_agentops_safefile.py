@@ -283,3 +283,143 @@ def test_create_only_never_overwrites_what_appeared_meanwhile(layout):
     st = os.lstat(str(agent / "NEW.md"))
     assert (st.st_uid, stat.S_IMODE(st.st_mode), st.st_nlink) == (NOBODY.pw_uid, 0o640, 1)
     assert sorted(os.listdir(str(agent))) == ["NEW.md", "WORKSTATE.md", "link"]
+
+
+# --------------------------------------------------------------------------- locate: a path as root follows it
+@pytest.fixture
+def places(trusted_dir):
+    """trusted/ (root-only chain) with agents/mail (nobody 0700) and root-only/secret (root 0600, CANARY)."""
+    agents = os.path.join(trusted_dir, "agents")
+    os.mkdir(agents, 0o755)
+    agent = os.path.join(agents, "mail")
+    os.mkdir(agent, 0o700)
+    os.chown(agent, NOBODY.pw_uid, NOBODY.pw_gid)
+    private = os.path.join(trusted_dir, "root-only")
+    os.mkdir(private, 0o700)
+    secret = os.path.join(private, "secret")
+    with open(secret, "w") as handle:
+        handle.write(CANARY)
+    os.chmod(secret, 0o600)
+    return trusted_dir, agent, secret
+
+
+def test_locate_follows_symlinks_only_root_can_write(places):
+    trusted, agent, secret = places
+    os.symlink("root-only/secret", os.path.join(trusted, "rel"))
+    os.symlink(os.path.join(trusted, "rel"), os.path.join(trusted, "abs"))
+    with safefile.locate(os.path.join(trusted, "abs")) as found:
+        assert found.path == secret and found.name == "secret" and found.writable is False
+        assert found.links == [os.path.join(trusted, "abs"), os.path.join(trusted, "rel")]
+        assert stat.S_ISREG(found.st.st_mode) and found.missing is None
+        fd, st = found.open()
+        try:
+            assert os.read(fd, 100) == CANARY.encode()
+        finally:
+            os.close(fd)
+
+
+@pytest.mark.parametrize("where", ["entry", "directory"])
+def test_locate_never_follows_a_symlink_in_an_agent_directory(places, where):
+    trusted, agent, secret = places
+    if where == "entry":
+        os.symlink(secret, os.path.join(agent, "run"))
+        path = os.path.join(agent, "run")
+    else:
+        os.symlink(os.path.dirname(secret), os.path.join(agent, "bin"))
+        path = os.path.join(agent, "bin", "secret")
+    before = os.stat(secret).st_atime_ns
+    with pytest.raises(safefile.UnsafeEntry) as err:
+        safefile.locate(path)
+    link = path if where == "entry" else os.path.join(agent, "bin")
+    assert err.value.found == "symlink" and err.value.writable is True and err.value.path == link
+    assert err.value.message == "%s is a symlink (not followed): in a directory that a user other than root can " \
+                                "write" % link
+    assert secret not in err.value.message and CANARY not in err.value.message
+    assert os.stat(secret).st_atime_ns == before
+
+
+def test_locate_says_writable_for_anything_below_a_directory_another_user_can_write(places):
+    trusted, agent, secret = places
+    os.mkdir(os.path.join(agent, "sub"), 0o755)  # root's, but in the agent's directory: it can be renamed away
+    with open(os.path.join(agent, "sub", "tool"), "w") as handle:
+        handle.write("x")
+    with safefile.locate(os.path.join(agent, "sub", "tool")) as found:
+        assert found.writable is True and stat.S_ISREG(found.st.st_mode)
+    group = os.path.join(trusted, "group-writable")
+    os.mkdir(group)
+    os.chmod(group, 0o775)
+    with safefile.locate(os.path.join(group, "x")) as found:
+        assert found.writable is True and found.st is None
+    with safefile.locate(os.path.join(trusted, "x")) as found:
+        assert found.writable is False
+
+
+def test_locate_reports_a_missing_component_and_where_it_stopped(places):
+    trusted, agent, secret = places
+    with safefile.locate(os.path.join(trusted, "opt", "tool", "run")) as found:
+        assert found.st is None and found.missing == os.path.join(trusted, "opt")
+        assert found.path == os.path.join(trusted, "opt", "tool", "run") and found.writable is False
+        with pytest.raises(FileNotFoundError):
+            found.open()
+    with safefile.locate(os.path.join(agent, "bin", "run")) as found:
+        assert found.st is None and found.missing == os.path.join(agent, "bin") and found.writable is True
+
+
+def test_locate_gives_the_type_without_opening(places, deadline):
+    trusted, agent, secret = places
+    os.mkfifo(os.path.join(agent, "fifo"))
+    with safefile.locate(os.path.join(agent, "fifo")) as found:
+        assert stat.S_ISFIFO(found.st.st_mode)
+        with pytest.raises(safefile.UnsafeEntry) as err:
+            found.open()
+        assert err.value.found == "fifo" and err.value.writable is True
+    with safefile.locate("/dev/null") as found:
+        assert stat.S_ISCHR(found.st.st_mode) and found.writable is False
+    open(os.path.join(trusted, "file"), "w").close()
+    with pytest.raises(safefile.UnsafeEntry) as err:
+        safefile.locate(os.path.join(trusted, "file", "x"))
+    assert err.value.found == "not a directory" and err.value.writable is False
+
+
+def test_locate_bounds_the_links_it_follows(trusted_dir):
+    os.symlink("b", os.path.join(trusted_dir, "a"))
+    os.symlink("a", os.path.join(trusted_dir, "b"))
+    with pytest.raises(safefile.UnsafeEntry) as err:
+        safefile.locate(os.path.join(trusted_dir, "a"))
+    assert "more than %d symlinks" % safefile.MAX_SYMLINKS in err.value.message
+    with pytest.raises(ValueError):
+        safefile.locate("relative/path")
+
+
+def test_locate_resolves_dotdot_in_a_root_link_physically(places):
+    trusted, agent, secret = places
+    deep = os.path.join(trusted, "a", "b")
+    os.makedirs(deep, 0o755)
+    os.symlink("../../root-only/secret", os.path.join(deep, "up"))
+    with safefile.locate(os.path.join(deep, "up")) as found:
+        assert found.path == secret and found.writable is False
+
+
+def test_locate_in_a_sticky_directory_of_roots(places):
+    """Like /tmp: another user cannot rename or remove root's entries there, only create new ones."""
+    trusted, agent, secret = places
+    sticky = os.path.join(trusted, "tmp")
+    os.mkdir(sticky)
+    os.chmod(sticky, 0o1777)
+    os.mkdir(os.path.join(sticky, "roots"), 0o755)
+    with safefile.locate(os.path.join(sticky, "roots", "x")) as found:
+        assert found.writable is False
+    with safefile.locate(os.path.join(sticky, "not-there", "x")) as found:
+        assert found.writable is True and found.missing == os.path.join(sticky, "not-there")
+    os.mkdir(os.path.join(sticky, "theirs"), 0o755)
+    os.chown(os.path.join(sticky, "theirs"), NOBODY.pw_uid, NOBODY.pw_gid)
+    with safefile.locate(os.path.join(sticky, "theirs", "x")) as found:
+        assert found.writable is True
+    os.symlink(secret, os.path.join(sticky, "root-link"))
+    with safefile.locate(os.path.join(sticky, "root-link")) as found:
+        assert found.path == secret and found.writable is False
+    os.symlink(secret, os.path.join(sticky, "their-link"))
+    os.lchown(os.path.join(sticky, "their-link"), NOBODY.pw_uid, NOBODY.pw_gid)
+    with pytest.raises(safefile.UnsafeEntry) as err:
+        safefile.locate(os.path.join(sticky, "their-link"))
+    assert err.value.found == "symlink" and err.value.writable is True

@@ -347,3 +347,124 @@ def test_race_swapping_agents_md_and_a_symlink(fleet, capsys):
     assert fingerprint(secret) == before
     assert swaps[0] > 10
     assert outcomes["symlink"] > 0 and outcomes["clean"] > 0, outcomes
+
+
+# ---------------------------------------------------------------- entries of an agent: a hostile one holds that agent
+# The agents role names the agent of each entry. A hostile entry in an agent's directory leaves that agent as it
+# was - its unit and settings (in root's directories, written after its own files) are not written, nothing of it is
+# replaced - and the other agents are handled.
+
+def agent_entries(agent_dir, units, name, content=AGENTS_MD):
+    files = [dict(agent_spec(agent_dir / "AGENTS.md", content), agent=name),
+             dict(agent_spec(agent_dir / "WORKSTATE.md", "# Working state\n", force=False), agent=name)]
+    units_files = [{"path": str(units / ("agentops-%s.service" % name)), "content": "[Service]\n", "mode": "0644",
+                    "agent": name},
+                   {"path": str(units / ("%s.json" % name)), "content": "{}\n", "mode": "0600", "agent": name}]
+    directories = [{"path": str(agent_dir), "owner": "nobody", "group": NOGROUP, "mode": "0700", "agent": name}]
+    users = [{"name": "agentops-test-user-%s" % name, "home": str(agent_dir), "agent": name}]
+    return users, directories, files, units_files
+
+
+HOSTILE = {
+    "agents-md-symlink": ("AGENTS.md", "symlink", "is a symlink (not followed)"),
+    "agents-md-fifo": ("AGENTS.md", "fifo", "is a FIFO (not read)"),
+    "agents-md-sparse": ("AGENTS.md", "sparse", "is too large"),
+    "agents-md-directory": ("AGENTS.md", "directory", "is a directory where a file belongs"),
+    "agents-md-hard-link": ("AGENTS.md", "hardlink", "has more than one hard link (not read or changed: it may be "
+                                                     "another file's link)"),
+    "workstate-symlink-shadow": ("WORKSTATE.md", "shadow", "is a symlink (not followed)"),
+    "workstate-fifo": ("WORKSTATE.md", "fifo", "is a FIFO (not read)"),
+}
+
+
+def plant(agent_dir, name, kind, secret):
+    path = str(agent_dir / name)
+    if kind == "symlink":
+        os.symlink(str(secret), path)
+    elif kind == "shadow":
+        os.symlink("/etc/shadow", path)
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "sparse":
+        with open(path, "wb") as handle:
+            handle.truncate(64 * 1024 ** 3)
+    elif kind == "directory":
+        os.mkdir(path)
+    else:
+        os.link(str(secret), path)
+
+
+@needs_root
+@pytest.mark.parametrize("check", [False, True], ids=["run", "check"])
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_a_hostile_entry_holds_its_agent_and_the_others_are_written(fleet, tmp_path, capsys, deadline, case, check):
+    make, secret = fleet
+    evil, good = make("evil"), make("good")
+    units = tmp_path / "units"
+    units.mkdir(mode=0o755)
+    entry, kind, reason = HOSTILE[case]
+    plant(evil, entry, kind, secret)
+    before = fingerprint(secret)
+    users, directories, files, units_files = [], [], [], []
+    for directory, name in ((evil, "evil"), (good, "good")):
+        u, d, f, n = agent_entries(directory, units, name)
+        users, directories, files, units_files = users + u, directories + d, files + f, units_files + n
+    # users only in check mode: a real run would create them on the machine running the tests
+    result = run(capsys, check=check, diff=True, users=users if check else [], directories=directories,
+                 files=files + units_files)
+    assert not result.get("failed"), result.get("msg")
+    assert result["held"] == {"evil": ["agentops_agents[evil]: %s %s" % (evil / entry, reason)
+                                       + (": 2 links" if kind == "hardlink" else "")
+                                       + (": %d bytes, limit %d" % (64 * 1024 ** 3, agent_files.DIFF_MAX_BYTES)
+                                          if kind == "sparse" else "")]}
+    assert fingerprint(secret) == before and CANARY not in json.dumps(result)
+    # nothing of evil: its user, unit, settings; its entry left as the agent made it
+    assert "agentops-test-user-evil" not in result["created_users"]
+    assert not (units / "agentops-evil.service").exists() and not (units / "evil.json").exists()
+    assert not any("evil" in p for p in result["changed_paths"])
+    assert not any("evil" in d["after_header"] for d in result.get("diff", []))
+    if kind in ("symlink", "shadow"):
+        assert os.path.islink(str(evil / entry))
+    # good is handled as usual
+    assert result["created_users"] == (["agentops-test-user-good"] if check else [])
+    if check:
+        assert not (units / "agentops-good.service").exists()
+        assert str(units / "agentops-good.service") in result["changed_paths"]
+    else:
+        assert (units / "agentops-good.service").read_text() == "[Service]\n"
+        assert (good / "AGENTS.md").read_text() == AGENTS_MD
+    assert [p["action"] for p in result["problems"]] == ["agent evil left as it was"]
+
+
+@needs_root
+def test_a_hostile_entry_met_after_the_first_look_still_holds_the_agent(fleet, tmp_path, capsys, monkeypatch):
+    """In a race the entry turns hostile after the look before anything is written: the agent is held where it is
+    met, before its unit and settings (written after its own files)."""
+    make, secret = fleet
+    evil = make("evil")
+    units = tmp_path / "units"
+    units.mkdir(mode=0o755)
+    os.symlink(str(secret), str(evil / "AGENTS.md"))
+    monkeypatch.setattr(agent_files.Worker, "precheck", lambda self, directories, files: None)
+    dummy, directories, files, units_files = agent_entries(evil, units, "evil")
+    result = run(capsys, directories=directories, files=files + units_files)
+    assert result["held"] == {"evil": ["agentops_agents[evil]: %s is a symlink (not followed)" % (evil / "AGENTS.md")]}
+    assert os.path.islink(str(evil / "AGENTS.md")) and fingerprint(secret)[4] == CANARY.encode()
+    assert not (units / "agentops-evil.service").exists() and not (units / "evil.json").exists()
+
+
+@needs_root
+def test_regular_files_of_an_agent_are_not_held(fleet, tmp_path, capsys):
+    """An AGENTS.md the agent edited, a WORKSTATE.md it wrote (any size): the usual work, no hold."""
+    make, dummy = fleet
+    agent = make("mail")
+    units = tmp_path / "units"
+    units.mkdir(mode=0o755)
+    (agent / "AGENTS.md").write_text("edited by the agent\n")
+    with open(str(agent / "WORKSTATE.md"), "wb") as handle:
+        handle.truncate(8 * 1024 * 1024)
+    dummy, directories, files, units_files = agent_entries(agent, units, "mail")
+    result = run(capsys, directories=directories, files=files + units_files)
+    assert result["held"] == {} and result["problems"] == []
+    assert (agent / "AGENTS.md").read_text() == AGENTS_MD and (units / "agentops-mail.service").exists()
+    assert os.path.getsize(str(agent / "WORKSTATE.md")) == 8 * 1024 * 1024
