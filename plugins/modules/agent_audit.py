@@ -28,7 +28,7 @@ description:
     modes per tool) and C(alert_path) (C(OnFailure=agentops-alert@...) on every agent unit,
     C(agentops-alert@.service) installed, at least one alert channel in C(agentops.json))."
   - "Agent units are the units named in C(agents.d/*.json) of the collection, every other C(agentops-*.service)
-    except template units (C(@)) and the helpers C(agentops-alert-flush.service) and
+    except template units (C(@)) and the helpers C(agentops-alert-flush.service), C(agentops-rotation.service) and
     C(agentops-heartbeat*.service), and the units given in O(units) (agents deployed some other way)."
   - Works on hosts this collection never provisioned; there every item fails with its reason.
   - Never changes anything (C(changed) is always false) and runs in check mode too. Only the channel types of the
@@ -198,7 +198,7 @@ ITEMS = (
 
 SHOW_PROPERTIES = ("Id", "LoadState", "ActiveState", "SubState", "KillMode", "Restart", "RestartUSec", "OnFailure",
                    "ExecStartPre", "Requires", "After", "WorkingDirectory")
-HELPER_UNITS = ("agentops-alert-flush.service", "agentops-heartbeat.service")
+HELPER_UNITS = ("agentops-alert-flush.service", "agentops-heartbeat.service", "agentops-rotation.service")
 HELPER_PREFIXES = ("agentops-heartbeat-",)
 # The channel types the alert path delivers to (the inventory contract's list).
 CHANNEL_TYPES = tuple(sorted(CHANNEL_FIELDS))

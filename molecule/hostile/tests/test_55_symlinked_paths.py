@@ -71,11 +71,11 @@ def held_runs():
             write(host, API_RULES, "[]\n")  # every GET /<agent>/me answers 200: the auth role passes for the others
             write(host, JIT_FILE, "#!/usr/bin/node\n// %s\n" % JIT_CANARY, mode="0600")
             as_evil(host, "mkdir -p bin")
-        for index, (case, (playbook, links)) in enumerate(sorted(CASES.items())):
-            if index:
-                # the alert of the case before was seen: resolve it as an operator would, so this case alerts anew
-                for host in hosts:
-                    sh(host, "/usr/local/bin/agentops alert --severity resolved --title '' --key evil/deploy")
+        for case, (playbook, links) in sorted(CASES.items()):
+            # an evil/deploy alert still open (the case before, or a converge of an earlier file that held evil for
+            # its hostile AGENTS.md) would keep this case's alert from being sent: resolve it as an operator would
+            for host in hosts:
+                sh(host, "/usr/local/bin/agentops alert --severity resolved --title '' --key evil/deploy", ok=False)
             nonce = uuid.uuid4().hex[:8]
             run = {"nonce": nonce, "before": {}, "after": {}, "since": {}, "victim": {}}
             for host in hosts:

@@ -245,7 +245,7 @@ def test_unit_names_and_directives():
     assert agent_audit.is_agent_unit_name("agentops-mail.service")
     assert agent_audit.is_agent_unit_name("agentops-alerting-bot.service")
     for helper in ("agentops-alert@.service", "agentops-alert@x.service.service", "agentops-alert-flush.service",
-                   "agentops-heartbeat.service", "agentops-heartbeat-mail.service",
+                   "agentops-heartbeat.service", "agentops-heartbeat-mail.service", "agentops-rotation.service",
                    "agentops-fake-endpoint@18080.service", "agentops-mail.timer", "other.service"):
         assert not agent_audit.is_agent_unit_name(helper), helper
     assert agent_audit.agent_name("agentops-mail.service") == "mail"
