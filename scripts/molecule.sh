@@ -38,7 +38,7 @@ fi
 # Expected seconds per scenario (both images, two lanes side by side, pipelining on, each host's tests in a
 # worker of its own where the scenario allows it); unknown scenarios count as 300.
 # default, agents and auth run three platforms (Debian 11 too).
-declare -A WEIGHTS=([default]=350 [alerts]=330 [hostile]=330 [channels]=250 [settings]=250 [audit]=230
+declare -A WEIGHTS=([default]=350 [alerts]=330 [hostile]=700 [channels]=250 [settings]=250 [audit]=230
                     [token_rotation]=220 [watcher]=200 [agents]=200 [recovery]=160 [auth]=150 [scheduled]=140
                     [ssh]=130 [runtimes]=110 [journald]=100)
 
