@@ -190,6 +190,15 @@ def test_agents_d_configuration(host):
     conf = host.file("/etc/agentops/agents.d/net.json")
     assert conf.user == "root" and conf.mode == 0o600
     data = json.loads(conf.content_string)
+    # the unit's limits and sandbox, for the commands the host runs for the agent (its poll and rotation commands)
+    sandbox = data.pop("sandbox")
+    assert sandbox["systemd"] == systemd_version(host)
+    keys = [key for key, _value in sandbox["directives"]]
+    assert keys[:3] == ["MemoryMax", "CPUQuota", "TasksMax"] and "NoNewPrivileges" in keys
+    unit = host.file("/etc/systemd/system/agentops-net.service").content_string.splitlines()
+    # the same lines as the unit (ReadWritePaths= there has % doubled for systemd's specifiers)
+    assert [line for line in ("%s=%s" % (key, value) for key, value in sandbox["directives"] if key != "ReadWritePaths")
+            if line not in unit] == []
     assert data == {
         "name": "net", "unit": "agentops-net.service", "user": "agent-net",
         "state_dir": "/var/lib/agentops/net", "credentials_dir": "/etc/agentops/credentials/net",
