@@ -5,6 +5,7 @@ each request; the heartbeat ticks every 3 s and writes /var/lib/agentops-test-me
 """
 import json
 import os
+import re
 
 import agentops_testlib
 import pytest
@@ -118,7 +119,8 @@ def test_50_disabled_timer_is_reported_missed(host, wait_for):
     latency = found[0][3] - started
     figure(host, "missed run reported after the timer was disabled (schedule_grace 10s, tick 3s)", latency)
     assert latency <= GRACE + TICK + 5, latency
-    assert found[0][1] == "critical" and "agentops-skipped.timer is inactive and disabled" in found[0][2]
+    # `disable --now` disables before it stops: a heartbeat run in between sees the timer still active
+    assert found[0][1] == "critical" and re.search(r"agentops-skipped\.timer is (in)?active and disabled", found[0][2])
     assert len(found) == 1                       # one alert, not one per tick
     status = json.loads(host.check_output("/usr/local/bin/agentops status --json"))
     row = [r for r in status if r["agent"] == "skipped"][0]
