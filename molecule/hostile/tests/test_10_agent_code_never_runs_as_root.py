@@ -96,7 +96,9 @@ def test_root_entry_points_ignore_a_hostile_environment(host, planted, argv):
     if argv.startswith("check-auth") or argv.startswith("rotate"):
         assert result.rc == 0, result.stdout + result.stderr
     if argv == "check-auth evil":
-        assert len(health_checks(host, since)) == 1  # the curl check ran
+        # the curl check ran (the heartbeat, every 3 s, may have run it once more meanwhile)
+        assert "evil/curl: AUTH_OK" in result.stdout, result.stdout
+        assert len(health_checks(host, since)) >= 1
     if argv == "rotate --force evil/api_token":
         assert host.file("/etc/agentops/credentials/evil/api_token").content_string == "CANARY-rotated-evil-planted"
     assert root_canaries(host) == [], "agentops %s ran the agent's code as root" % argv
