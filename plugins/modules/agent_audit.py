@@ -20,9 +20,10 @@ description:
     loaded, active and enabled instead - such an agent inactive between runs is no finding, a missing, stopped
     or disabled timer is), C(auth_at_start) (C(ExecStartPre=) runs C(check-auth) for every agent that holds a
     credential or has auth checks; on systemd 247 the unit has C(Requires=) and C(After=) on
-    C(agentops-auth@<name>.service), which runs it), C(rotation_schedule) (C(/etc/cron.d/agentops-token-rotation) and
-    C(agentops rotate --list) cover every credential, or no agent holds one), C(heartbeat) (an active
-    C(agentops-heartbeat*.timer)), C(log_retention) (the merged journald configuration sets C(SystemMaxUse=) and
+    C(agentops-auth@<name>.service), which runs it), C(rotation_schedule)
+    (C(/etc/cron.d/agentops-token-rotation) runs C(agentops rotate) or starts C(agentops-rotation.service), whose
+    C(ExecStart=) runs it, and C(agentops rotate --list) covers every credential, or no agent holds one),
+    C(heartbeat) (an active C(agentops-heartbeat*.timer)), C(log_retention) (the merged journald configuration sets C(SystemMaxUse=) and
     C(MaxRetentionSec=) and stores the journal persistently), C(workstate_protocol) (every agent's C(AGENTS.md)
     describes the C(WORKSTATE.md) checkpoint protocol), C(failure_modes) (every C(AGENTS.md) documents failure
     modes per tool) and C(alert_path) (C(OnFailure=agentops-alert@...) on every agent unit,
@@ -200,6 +201,9 @@ SHOW_PROPERTIES = ("Id", "LoadState", "ActiveState", "SubState", "KillMode", "Re
                    "ExecStartPre", "Requires", "After", "WorkingDirectory")
 HELPER_UNITS = ("agentops-alert-flush.service", "agentops-heartbeat.service", "agentops-rotation.service")
 HELPER_PREFIXES = ("agentops-heartbeat-",)
+# The daily token rotation: cron starts this unit, whose ExecStart= runs `agentops rotate`.
+ROTATION_UNIT = "agentops-rotation.service"
+ROTATION_UNIT_FILE = "/etc/systemd/system/agentops-rotation.service"
 # The channel types the alert path delivers to (the inventory contract's list).
 CHANNEL_TYPES = tuple(sorted(CHANNEL_FIELDS))
 JOURNALD_DIRS = ("etc/systemd", "run/systemd", "usr/local/lib/systemd", "usr/lib/systemd")
@@ -220,6 +224,16 @@ def parse_unit_list(text):
         if fields and fields[0] not in names:
             names.append(fields[0])
     return names
+
+
+def _unit_runs_rotate(path):
+    """True when the unit file at ``path`` (root's, a bounded read) has an ExecStart= that runs ``rotate``."""
+    try:
+        with open(path, "r", encoding="utf-8", errors="replace") as handle:
+            text = handle.read(64 * 1024)
+    except OSError:
+        return False
+    return any(line.startswith("ExecStart=") and re.search(r"\brotate\b", line) for line in text.splitlines())
 
 
 def is_agent_unit_name(name):
@@ -798,12 +812,15 @@ class Collector(object):
         if facts["cron_file_exists"]:
             try:
                 with open(cron_file, "r", encoding="utf-8", errors="replace") as handle:
-                    facts["cron_runs_rotate"] = any(
-                        re.search(r"\brotate\b", line) and not line.lstrip().startswith("#")
-                        for line in handle)
+                    jobs = [line for line in handle if line.strip() and not line.lstrip().startswith("#")]
             except OSError as exc:
+                jobs = []
                 facts["cron_file_exists"] = False
                 facts["rotation_list_error"] = str(exc)
+            # the job runs `agentops rotate` itself, or starts the unit that does (agentops-rotation.service)
+            facts["cron_runs_rotate"] = any(re.search(r"\brotate\b", line) for line in jobs) or (
+                any(re.search(r"\b%s\b" % re.escape(ROTATION_UNIT), line) for line in jobs)
+                and _unit_runs_rotate(ROTATION_UNIT_FILE))
         command = self.params["command"]
         if not os.access(command, os.X_OK):
             facts["rotation_list_error"] = "%s is not installed" % command

@@ -420,3 +420,37 @@ def test_systemd_247_session_start_gate_is_auth_at_start():
 
 def test_show_reads_the_gate_properties():
     assert "Requires" in agent_audit.SHOW_PROPERTIES and "After" in agent_audit.SHOW_PROPERTIES
+
+
+class _ReadOnlyModule(object):
+    """What Collector.rotation() uses of a module: params and run_command (here: `agentops rotate --list --json`)."""
+
+    def __init__(self, cron_file, command):
+        self.params = {"cron_file": cron_file, "command": command}
+
+    def get_bin_path(self, _name):
+        return None
+
+    def run_command(self, _argv, check_rc=False):
+        return 0, "[]", ""
+
+
+@pytest.mark.parametrize("job, unit_exec, runs", [
+    ("/usr/local/bin/agentops rotate", None, True),                       # the job runs it itself
+    ("/usr/bin/systemctl start agentops-rotation.service", "/usr/local/bin/agentops rotate", True),
+    ("/usr/bin/systemctl start agentops-rotation.service", None, False),  # the unit is missing
+    ("/usr/bin/systemctl start agentops-rotation.service", "/bin/true", False),
+    ("/usr/bin/systemctl start other.service", "/usr/local/bin/agentops rotate", False),
+])
+def test_the_daily_rotation_job_may_start_the_rotation_unit(tmp_path, monkeypatch, job, unit_exec, runs):
+    cron = tmp_path / "agentops-token-rotation"
+    cron.write_text("#Ansible: agentops token rotation: daily run (agentops rotate --list)\n17 3 * * * root %s\n" % job)
+    unit = tmp_path / "agentops-rotation.service"
+    if unit_exec:
+        unit.write_text("[Service]\nType=oneshot\nExecStart=%s\n" % unit_exec)
+    monkeypatch.setattr(agent_audit, "ROTATION_UNIT_FILE", str(unit))
+    command = tmp_path / "agentops"
+    command.write_text("#!/bin/sh\n")
+    command.chmod(0o755)
+    facts = agent_audit.Collector(_ReadOnlyModule(str(cron), str(command))).rotation()
+    assert facts["cron_file_exists"] and facts["cron_runs_rotate"] is runs
