@@ -98,7 +98,10 @@ def test_token_rotation_schedule(host):
     listing = host.check_output("agentops rotate --list")
     if "mail-triage" in agents_of(host):
         cron = host.file("/etc/cron.d/agentops-token-rotation")
-        assert cron.exists and "agentops rotate" in cron.content_string
+        # the daily job starts the hardened one-shot unit that runs `agentops rotate`
+        assert cron.exists and "/usr/bin/systemctl start agentops-rotation.service" in cron.content_string
+        unit = host.file("/etc/systemd/system/agentops-rotation.service").content_string
+        assert "ExecStart=/usr/local/bin/agentops rotate" in unit.splitlines()
         assert "mail-triage" in listing and "api_token" in listing
     else:
         assert not host.file("/etc/cron.d/agentops-token-rotation").exists
